@@ -1,0 +1,192 @@
+"""Where labelled images come from, and how they are decoded and augmented for training.
+
+Three sources, one result type (`LabeledImages`: what to decode, its labels, the class names):
+- a folder in Flowers-102's own layout (`jpg/`, `imagelabels.mat`, `setid.mat`), official splits;
+- `tensorflow_datasets` (`oxford_flowers102`, `tf_flowers`, ...), official splits kept as they are;
+- any class-per-folder image tree, with a seeded, stratified validation split.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from flower_demo.errors import FlowerDemoError
+from flower_demo.images import IMAGE_EXTENSIONS, ImageLike, square_uint8
+
+OXFORD_SPLITS = {"train": "trnid", "validation": "valid", "test": "tstid"}
+DECODE_THREADS = 4  # Pillow releases the GIL while decoding and resizing
+
+
+@dataclass
+class LabeledImages:
+    items: Sequence[ImageLike]  # paths or encoded bytes, anything `images.load_rgb` takes
+    labels: np.ndarray  # int, 0-based class index
+    class_names: list[str]
+    expected: int  # how many the split should hold (more than len(items) if files are absent)
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def clean_class_name(name: str) -> str:
+    """Display form of a dataset class name: no stray '?', underscores or doubled spaces."""
+    return " ".join(name.replace("_", " ").replace("?", "").split())
+
+
+# --- Flowers-102 in its own layout ----------------------------------------------------------
+
+
+def oxford_class_names() -> list[str]:
+    """The 102 names, from tensorflow_datasets' builder metadata (no download needed)."""
+    import tensorflow_datasets as tfds
+
+    names = tfds.builder("oxford_flowers102").info.features["label"].names
+    return [clean_class_name(n) for n in names]
+
+
+def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages:
+    """One official split of a Flowers-102 folder; absent images are counted, none is an error."""
+    from scipy.io import loadmat
+
+    data_dir = Path(data_dir)
+    if split not in OXFORD_SPLITS:
+        raise FlowerDemoError(f"unknown split {split!r}; choose one of {', '.join(OXFORD_SPLITS)}")
+    for name in ("imagelabels.mat", "setid.mat"):
+        if not (data_dir / name).is_file():
+            raise FlowerDemoError(f"{data_dir} is not a Flowers-102 folder: {name} is missing")
+    labels_1based = loadmat(data_dir / "imagelabels.mat")["labels"].ravel()
+    ids = loadmat(data_dir / "setid.mat")[OXFORD_SPLITS[split]].ravel()
+    paths = [data_dir / "jpg" / f"image_{i:05d}.jpg" for i in ids]
+    present = [(p, int(labels_1based[i - 1]) - 1) for p, i in zip(paths, ids) if p.is_file()]
+    if not present:
+        raise FlowerDemoError(f"found 0 of {len(ids)} {split} images in {data_dir / 'jpg'}")
+    items, labels = zip(*present)
+    return LabeledImages(
+        list(items),
+        np.array(labels),
+        oxford_class_names(),
+        expected=len(ids),
+        source=f"flowers102-folder:{data_dir}:{split}",
+    )
+
+
+# --- tensorflow_datasets ---------------------------------------------------------------------
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None) -> LabeledImages:
+    """A tfds split (downloaded on first use), kept as encoded bytes until decoding.
+
+    Split strings are tfds' own, slicing included: "train", "test", "train[:80%]".
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset, info = tfds.load(
+            name,
+            split=split,
+            data_dir=data_dir,
+            with_info=True,
+            as_supervised=True,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+    except Exception as exc:  # tfds raises many types (network, unknown name, bad split)
+        raise FlowerDemoError(f"cannot load tfds {name!r} split {split!r}: {exc}") from None
+    items, labels = [], []
+    for encoded, label in tfds.as_numpy(dataset):
+        items.append(bytes(encoded))
+        labels.append(int(label))
+    names = [clean_class_name(n) for n in info.features["label"].names]
+    return LabeledImages(items, np.array(labels), names, len(items), f"tfds:{name}:{split}")
+
+
+# --- class-per-folder trees ------------------------------------------------------------------
+
+
+def load_image_folder(
+    root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[LabeledImages, LabeledImages]:
+    """(train, validation) from root/CLASS_NAME/*.jpg; the split is stratified and seeded."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FlowerDemoError(f"image folder not found: {root}")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = [
+        sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for d in class_dirs
+    ]
+    kept = [(d, files) for d, files in zip(class_dirs, per_class) if files]
+    if len(kept) < 2:
+        raise FlowerDemoError(f"{root} needs at least two class sub-folders holding images")
+    rng = np.random.default_rng(seed)
+    splits: dict[str, tuple[list[Path], list[int]]] = {"train": ([], []), "validation": ([], [])}
+    for label, (_, files) in enumerate(kept):
+        order = rng.permutation(len(files))
+        n_val = int(round(len(files) * val_fraction)) if len(files) > 1 else 0
+        for rank, index in enumerate(order):
+            part = "validation" if rank < n_val else "train"
+            splits[part][0].append(files[index])
+            splits[part][1].append(label)
+    names = [clean_class_name(d.name) for d, _ in kept]
+    train, val = (
+        LabeledImages(items, np.array(labels, dtype=int), names, len(items), f"folder:{root}:{part}")
+        for part, (items, labels) in splits.items()
+    )
+    return train, val
+
+
+# --- decoding and augmentation ---------------------------------------------------------------
+
+
+def iter_decoded(
+    items: Sequence[ImageLike], image_size: int, batch_size: int
+) -> Iterator[np.ndarray]:
+    """Batches of decoded (n, size, size, 3) uint8 images, decoded by a thread pool ahead of use."""
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        pending = None
+        for batch in batches:
+            future = pool.map(lambda item: square_uint8(item, image_size), batch)
+            if pending is not None:
+                yield np.stack(list(pending))
+            pending = future
+        if pending is not None:
+            yield np.stack(list(pending))
+
+
+def decode_all(items: Sequence[ImageLike], image_size: int) -> np.ndarray:
+    """Every image decoded into memory as (n, size, size, 3) uint8."""
+    import keras
+
+    bar = keras.utils.Progbar(len(items), unit_name="image")
+    out = np.empty((len(items), image_size, image_size, 3), dtype=np.uint8)
+    done = 0
+    for batch in iter_decoded(items, image_size, batch_size=64):
+        out[done : done + len(batch)] = batch
+        done += len(batch)
+        bar.update(done)
+    return out
+
+
+def make_augmenter(seed: int):
+    """Random zoom/crop, flip, small rotation, brightness and contrast, on pixels 0..255."""
+    import keras
+
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom((-0.3, 0.1), fill_mode="reflect", seed=seed + 2),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+            layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4),
+            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5),
+        ],
+        name="augment",
+    )
