@@ -115,9 +115,13 @@ def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
         image = _open(source)
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise FlowerDemoError(f"image too large to decode safely ({width}x{height})")
+            raise FlowerDemoError(
+                f"image too large to decode safely ({width}x{height})"
+            )
         if min(width, height) < MIN_SIDE:
-            raise FlowerDemoError(f"image too small ({width}x{height}, need {MIN_SIDE}px)")
+            raise FlowerDemoError(
+                f"image too small ({width}x{height}, need {MIN_SIDE}px)"
+            )
         if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
             raise FlowerDemoError(f"absurd aspect ratio ({width}x{height})")
         if min_size and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK"):
@@ -127,9 +131,17 @@ def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
         return _to_rgb(image)
     except FlowerDemoError as exc:
         raise FlowerDemoError(f"{name}: {exc}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FlowerDemoError(f"{name}: corrupt or truncated image ({reason})") from None
+        raise FlowerDemoError(
+            f"{name}: corrupt or truncated image ({reason})"
+        ) from None
 
 
 def square_uint8(source: ImageLike, size: int) -> np.ndarray:
@@ -155,5 +167,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted, by extension."""
     folder = Path(folder)
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )

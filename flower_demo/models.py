@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +52,9 @@ BACKBONES: dict[str, Backbone] = {
         feature_map="conv5_block3_out",
     ),
 }
-HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
+HUB_PREFIX = (
+    "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
+)
 
 
 @keras.saving.register_keras_serializable(package="flower_demo")
@@ -98,17 +101,25 @@ class HubFeatureExtractor(keras.layers.Layer):
         return (input_shape[0], self.feature_dim)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "handle": self.handle, "image_size": self.image_size}
+        return {
+            **super().get_config(),
+            "handle": self.handle,
+            "image_size": self.image_size,
+        }
 
 
-def create_backbone(name: str, image_size: int, weights: str | None = "imagenet") -> keras.Layer:
+def create_backbone(
+    name: str, image_size: int, weights: str | None = "imagenet"
+) -> keras.Layer:
     """The frozen, globally pooled feature extractor `name` (a BACKBONES key or "hub:HANDLE").
 
     `weights`: "imagenet" (downloaded by Keras where there is a network), a local weights file,
     or None for random initialisation.
     """
     if name.startswith(HUB_PREFIX):
-        layer = HubFeatureExtractor(name[len(HUB_PREFIX) :], image_size, name="backbone")
+        layer = HubFeatureExtractor(
+            name[len(HUB_PREFIX) :], image_size, name="backbone"
+        )
         layer.trainable = False
         return layer
     if name not in BACKBONES:
@@ -140,8 +151,34 @@ def create_model(
     # training=False keeps BatchNorm in inference mode even when the backbone is unfrozen.
     x = create_backbone(backbone, image_size, weights)(x, training=False)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
-    return keras.Model(inputs, outputs, name=f"flowers_{backbone.replace(':', '_').replace('/', '_')}")
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="classifier"
+    )(x)
+    return keras.Model(
+        inputs, outputs, name=f"flowers_{backbone.replace(':', '_').replace('/', '_')}"
+    )
+
+
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Callable]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def compiled_forward(model: keras.Model) -> Callable:
+    """`model` as one traced TensorFlow graph over float32 batches of any size.
+
+    Calling a Keras model eagerly dispatches op by op, and `model.predict` builds a dataset per
+    call; this graph is what every prediction path (predict, evaluate, the app) runs.
+    """
+    if model not in _FORWARD:
+        import tensorflow as tf
+
+        size = model.input_shape[1]
+        spec = tf.TensorSpec((None, size, size, 3), tf.float32)
+        _FORWARD[model] = tf.function(
+            lambda x: model(x, training=False), input_signature=[spec]
+        )
+    return _FORWARD[model]
 
 
 def backbone_of(model: keras.Model) -> keras.Layer:
@@ -155,7 +192,9 @@ def head_of(model: keras.Model) -> list[keras.Layer]:
 # --- saving and loading ---------------------------------------------------------------------
 
 
-def save_model(model: keras.Model, folder: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+def save_model(
+    model: keras.Model, folder: str | os.PathLike, metadata: dict[str, Any]
+) -> Path:
     """Write `model.keras` and `metadata.json` into `folder` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +224,9 @@ def read_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return metadata
 
 
-def load_model(path: str | os.PathLike | None = None) -> tuple[keras.Model, dict[str, Any]]:
+def load_model(
+    path: str | os.PathLike | None = None,
+) -> tuple[keras.Model, dict[str, Any]]:
     """Load a saved model folder (or its .keras file) and check it against its metadata."""
     folder = _model_dir(path)
     model_path = folder / MODEL_FILE

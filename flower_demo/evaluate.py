@@ -1,0 +1,172 @@
+"""Measure a saved model on a labelled split: top-1, top-5, per-class accuracy, confusion matrix.
+
+    python -m flower_demo.evaluate --model weights --data-dir DIR --split test --json
+
+Images go through the same decoding as `predict` (flower_demo.images), decoded by a thread pool
+while the model works on the previous batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from flower_demo import data, models
+from flower_demo.errors import FlowerDemoError
+from flower_demo.images import ImageLike
+
+EVAL_BATCH = 64
+
+
+def predict_probabilities(
+    model: Any, images: np.ndarray | Sequence[ImageLike], batch_size: int = EVAL_BATCH
+) -> np.ndarray:
+    """(n, classes) probabilities for decoded uint8 images or for items still to be decoded."""
+    forward = models.compiled_forward(model)
+    size = int(model.input_shape[1])
+    if isinstance(images, np.ndarray):
+        batches = (
+            images[i : i + batch_size] for i in range(0, len(images), batch_size)
+        )
+    else:
+        batches = data.iter_decoded(images, size, batch_size)
+    outputs = [np.asarray(forward(batch.astype("float32"))) for batch in batches]
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]))
+
+
+def metrics_from(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    ranked = np.argsort(-probabilities, axis=1)
+    top1 = ranked[:, 0] == labels
+    top5 = (ranked[:, :5] == labels[:, None]).any(axis=1)
+    return {
+        "top1": float(top1.mean()),
+        "top5": float(top5.mean()),
+        "n": int(len(labels)),
+        "predicted": ranked[:, 0],
+    }
+
+
+def evaluate_model(
+    model: Any, images: np.ndarray | Sequence[ImageLike], labels: np.ndarray
+) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy of `model` on `images` (decoded uint8 array or items)."""
+    return metrics_from(predict_probabilities(model, images), np.asarray(labels))
+
+
+def per_class_accuracy(
+    predicted: np.ndarray, labels: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Accuracy of each class (NaN for a class with no images)."""
+    correct = np.bincount(labels, weights=predicted == labels, minlength=num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return correct / counts
+
+
+def save_confusion_matrix(
+    predicted: np.ndarray, labels: np.ndarray, num_classes: int, path: str | Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    fig, ax = plt.subplots(figsize=(10, 10))
+    ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--model",
+        default=str(models.SHIPPED_MODEL_DIR),
+        help="model folder or .keras file",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)"
+    )
+    source.add_argument("--tfds", metavar="NAME", help="tensorflow_datasets name")
+    source.add_argument(
+        "--image-folder",
+        help="class-per-folder tree; evaluates its seeded validation part",
+    )
+    p.add_argument(
+        "--split",
+        default="validation",
+        help="train, validation or test (tfds: any split string)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: top1, top5, n, expected",
+    )
+    p.add_argument(
+        "--confusion-matrix", metavar="PNG", help="also save the confusion matrix here"
+    )
+    args = p.parse_args(argv)
+    try:
+        model, metadata = models.load_model(args.model)
+        if args.data_dir:
+            split = data.load_oxford_folder(args.data_dir, args.split)
+        elif args.tfds:
+            split = data.load_tfds(args.tfds, args.split)
+        else:
+            split = data.load_image_folder(args.image_folder)[1]
+        if len(split.class_names) != len(metadata["class_names"]):
+            raise FlowerDemoError(
+                f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
+            )
+        result = evaluate_model(model, split.items, split.labels)
+    except FlowerDemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "n": result["n"],
+        "expected": split.expected,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{split.source}: {result['n']} of {split.expected} images found")
+        print(f"top-1 {result['top1']:.4f}   top-5 {result['top5']:.4f}")
+        per_class = per_class_accuracy(
+            result["predicted"], split.labels, len(split.class_names)
+        )
+        print("per-class accuracy:")
+        for name, acc in sorted(
+            zip(metadata["class_names"], per_class),
+            key=lambda t: -np.nan_to_num(t[1], nan=2),
+        ):
+            print(f"  {acc:6.1%}  {name}" if not np.isnan(acc) else f"     -   {name}")
+    if args.confusion_matrix:
+        save_confusion_matrix(
+            result["predicted"],
+            split.labels,
+            len(split.class_names),
+            args.confusion_matrix,
+        )
+        if not args.json:
+            print(f"confusion matrix saved to {args.confusion_matrix}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

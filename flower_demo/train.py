@@ -1,0 +1,500 @@
+"""Train a flower classifier in two stages and save it into a run folder.
+
+    python -m flower_demo.train --data-dir ../shared/data/oxford_flowers102 \
+        --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+
+Stage 1 trains the dense head on the frozen backbone. Stage 2 unfreezes the top of the backbone
+(from the registry's `fine_tune_from` layer up) at a low learning rate; BatchNorm layers stay
+frozen and in inference mode.
+
+Why it is fast on a CPU: the frozen bottom of the backbone is the expensive part, and its output
+does not change during training. So each training image is augmented `--views` times up front,
+the bottom runs once per view, and both stages train on those cached activations; each epoch
+draws one random view per image. Decoded images and activations stay in memory and are also
+saved in the run folder, so `--resume` restarts where a run stopped without recomputing them.
+With a GPU the same steps run there, in mixed precision.
+
+A run folder holds: model.keras + metadata.json (the result), history.json, curves.png,
+checkpoints per stage, and the activation cache. `weights/` is written only with `--ship`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from flower_demo import data, models
+from flower_demo.errors import FlowerDemoError
+
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_VIEWS = 8  # augmented copies of each training image
+CACHE_BATCH = 32
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m flower_demo.train",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)"
+    )
+    source.add_argument(
+        "--tfds", metavar="NAME", help="tensorflow_datasets name, e.g. tf_flowers"
+    )
+    source.add_argument(
+        "--image-folder", help="class-per-folder image tree (your own data)"
+    )
+    p.add_argument("--tfds-dir", help="where tensorflow_datasets keeps its downloads")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="validation share when a source has no validation split",
+    )
+    p.add_argument(
+        "--max-per-class",
+        type=int,
+        default=0,
+        help="use at most N training images per class (quick runs; 0 = all)",
+    )
+    p.add_argument(
+        "--backbone",
+        default="mobilenet_v2",
+        help=f"one of {', '.join(models.BACKBONES)} or hub:HANDLE",
+    )
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="backbone weights: imagenet, a local .h5 file, or none",
+    )
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    p.add_argument(
+        "--views",
+        type=int,
+        default=DEFAULT_VIEWS,
+        help="augmented views per training image",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--stage1-epochs", type=int, default=40)
+    p.add_argument("--stage1-lr", type=float, default=1e-3)
+    p.add_argument("--stage2-epochs", type=int, default=20, help="0 skips fine-tuning")
+    p.add_argument("--stage2-lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument(
+        "--fine-tune-from",
+        help="layer whose output feeds the fine-tuned part (default: the registry's)",
+    )
+    p.add_argument(
+        "--patience", type=int, default=6, help="early stopping on validation accuracy"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", help="output folder (default: runs/<date-time>)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir where it stopped",
+    )
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help=f"also copy the result into {models.SHIPPED_MODEL_DIR} (overwrites it)",
+    )
+    return p.parse_args(argv)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def load_splits(
+    args: argparse.Namespace,
+) -> tuple[data.LabeledImages, data.LabeledImages]:
+    """(train, validation) from whichever source the arguments name."""
+    if args.data_dir:
+        train = data.load_oxford_folder(args.data_dir, "train")
+        val = data.load_oxford_folder(args.data_dir, "validation")
+    elif args.image_folder:
+        train, val = data.load_image_folder(
+            args.image_folder, args.val_fraction, args.seed
+        )
+    else:
+        import tensorflow_datasets as tfds
+
+        splits = tfds.builder(args.tfds, data_dir=args.tfds_dir).info.splits
+        if "validation" in splits:
+            train_split, val_split = "train", "validation"
+        else:  # e.g. tf_flowers has only "train": hold out its last val-fraction
+            cut = round(100 * (1 - args.val_fraction))
+            train_split, val_split = f"train[:{cut}%]", f"train[{cut}%:]"
+        train = data.load_tfds(args.tfds, train_split, args.tfds_dir)
+        val = data.load_tfds(args.tfds, val_split, args.tfds_dir)
+    if args.max_per_class:
+        keep = np.concatenate(
+            [
+                np.flatnonzero(train.labels == c)[: args.max_per_class]
+                for c in np.unique(train.labels)
+            ]
+        )
+        keep.sort()
+        train = data.LabeledImages(
+            [train.items[i] for i in keep],
+            train.labels[keep],
+            train.class_names,
+            len(keep),
+            train.source,
+        )
+    for name, split in (("train", train), ("validation", val)):
+        print(f"{name}: {len(split)} of {split.expected} images found ({split.source})")
+    if len(val) == 0:
+        raise FlowerDemoError("the validation split is empty")
+    return train, val
+
+
+def cached(path: Path, key: str, compute) -> np.ndarray:
+    """np.load(path) if it was made with the same `key`, else compute() and save it there."""
+    key_file = path.with_suffix(".key")
+    if path.exists() and key_file.exists() and key_file.read_text() == key:
+        return np.load(path, mmap_mode="r")
+    array = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    key_file.write_text(key)
+    return array
+
+
+# --- model pieces ----------------------------------------------------------------------------
+
+
+def split_model(model, backbone_name: str, fine_tune_from: str | None):
+    """(bottom, top): bottom maps pixels to the cut activation, top maps that to features.
+
+    Both share layers (and so weights) with `model`. For a hub backbone, or with no cut, the
+    bottom is the whole frozen feature extractor and the top is None.
+    """
+    image = model.input
+    preprocessed = model.get_layer("preprocess").output
+    backbone = models.backbone_of(model)
+    if fine_tune_from is None or backbone_name.startswith(models.HUB_PREFIX):
+        return keras.Model(
+            image, backbone(preprocessed, training=False), name="bottom"
+        ), None
+    cut = backbone.get_layer(fine_tune_from).output
+    bottom_part = keras.Model(backbone.input, cut)
+    top = keras.Model(cut, backbone.output, name="top")
+    return keras.Model(
+        image, bottom_part(preprocessed, training=False), name="bottom"
+    ), top
+
+
+def head_model(input_shape: tuple, model, top=None):
+    """[top ->] dropout -> classifier, on cached activations; layers shared with `model`."""
+    inputs = keras.Input(input_shape)
+    x = top(inputs, training=False) if top is not None else inputs
+    for layer in models.head_of(model):
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+def unfreeze(top) -> int:
+    """Make every layer of `top` trainable except BatchNorm; returns trainable weight count."""
+    for layer in top.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(int(np.prod(w.shape)) for w in top.trainable_weights)
+
+
+class RandomViews(keras.utils.PyDataset):
+    """Batches from (views, n, ...) cached arrays: one random view of each image per epoch."""
+
+    def __init__(
+        self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
+    ):
+        super().__init__()
+        self.views, self.labels, self.batch_size = views, labels, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.labels))
+        self.choice = self.rng.integers(0, len(self.views), len(self.labels))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(
+            self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        )
+        x = np.stack([self.views[v, r] for v, r in zip(self.choice[rows], rows)])
+        return x.astype("float32"), self.labels[rows]
+
+
+def fit_stage(
+    stage: str,
+    trainable,
+    train_views: np.ndarray,
+    train_labels: np.ndarray,
+    val_x: np.ndarray,
+    val_labels: np.ndarray,
+    epochs: int,
+    lr: float,
+    args: argparse.Namespace,
+    run_dir: Path,
+) -> dict[str, list[float]]:
+    """Train one stage with per-epoch checkpoints, resume and early stopping; keep the best."""
+    best = run_dir / f"{stage}_best.weights.h5"
+    done = run_dir / f"{stage}_history.json"
+    if args.resume and done.exists() and best.exists():
+        print(f"{stage}: already finished, loading its best weights")
+        trainable.load_weights(best)
+        return json.loads(done.read_text())
+    num_classes = int(trainable.output_shape[-1])
+    trainable.compile(
+        optimizer=keras.optimizers.AdamW(lr, weight_decay=args.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+    )
+    one_hot = np.eye(num_classes, dtype="float32")
+    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed)
+    history = trainable.fit(
+        views,
+        validation_data=(np.asarray(val_x, dtype="float32"), one_hot[val_labels]),
+        epochs=epochs,
+        callbacks=[
+            keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / stage)),
+            keras.callbacks.ModelCheckpoint(
+                str(best),
+                monitor="val_accuracy",
+                save_best_only=True,
+                save_weights_only=True,
+            ),
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=args.patience
+            ),
+        ],
+        verbose="auto" if sys.stdout.isatty() else 2,
+    )
+    trainable.load_weights(best)
+    record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    done.write_text(json.dumps(record))
+    return record
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def plot_history(history: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Loss and accuracy curves of both stages, one after the other, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    offset = 0
+    for stage, record in history.items():
+        epochs = np.arange(1, len(record.get("loss", [])) + 1) + offset
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            ax.plot(epochs, record[metric], label=f"{stage} train")
+            ax.plot(epochs, record[f"val_{metric}"], "--", label=f"{stage} validation")
+        offset += len(epochs)
+        for ax in axes:
+            ax.axvline(offset + 0.5, color="grey", lw=0.5)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def ship(run_dir: Path) -> None:
+    """Copy the run's model into weights/ and write the matching label_map.json."""
+    models.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
+    for name in (models.MODEL_FILE, models.METADATA_FILE):
+        shutil.copy2(run_dir / name, models.SHIPPED_MODEL_DIR / name)
+    names = models.read_metadata(run_dir)["class_names"]
+    label_map = models.label_map_from_names(names)
+    models.SHIPPED_LABEL_MAP.write_text(json.dumps(label_map, indent=2) + "\n")
+    print(f"shipped into {models.SHIPPED_MODEL_DIR} and {models.SHIPPED_LABEL_MAP}")
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except FlowerDemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> Path:
+    import tensorflow as tf
+
+    from flower_demo.evaluate import evaluate_model
+
+    if args.resume and not (args.run_dir and Path(args.run_dir).is_dir()):
+        raise FlowerDemoError(
+            "--resume needs --run-dir pointing at an existing run folder"
+        )
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or models.REPO_ROOT / "runs" / stamp)
+    if run_dir.resolve() == models.SHIPPED_MODEL_DIR.resolve():
+        raise FlowerDemoError(
+            "--run-dir must not be weights/; use --ship to publish a run"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "ship")}
+    (run_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    keras.utils.set_random_seed(args.seed)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    print(f"run folder: {run_dir}  device: {'GPU (mixed precision)' if gpu else 'CPU'}")
+    started = time.time()
+
+    train, val = load_splits(args)
+    size, names = args.image_size, train.class_names
+    weights = None if args.weights in ("none", "None", "") else args.weights
+    model = models.create_model(args.backbone, len(names), size, weights, args.dropout)
+    fine_tune_from = None
+    if args.stage2_epochs > 0 and not args.backbone.startswith(models.HUB_PREFIX):
+        fine_tune_from = (
+            args.fine_tune_from or models.BACKBONES[args.backbone].fine_tune_from
+        )
+    bottom, top = split_model(model, args.backbone, fine_tune_from)
+
+    # Everything the cached arrays depend on, so a changed setting never reuses a stale cache.
+    key = hashlib.sha256(
+        json.dumps([args.backbone, args.weights, size, fine_tune_from, args.views, args.seed,
+                    train.source, val.source, len(train), len(val)]).encode()
+    ).hexdigest()  # fmt: skip
+    cache = run_dir / "cache"
+
+    augmenter = data.make_augmenter(args.seed)
+    plain_step = tf.function(lambda batch: bottom(batch, training=False))
+    augmented_step = tf.function(
+        lambda batch: bottom(augmenter(batch, training=True), training=False)
+    )
+
+    def activations(images: np.ndarray, augment: bool) -> np.ndarray:
+        n_views = args.views if augment else 1
+        out = np.empty(
+            (n_views, len(images), *bottom.output_shape[1:]), dtype="float16"
+        )
+        bar = keras.utils.Progbar(n_views * len(images), unit_name="image")
+        for v in range(n_views):
+            for i in range(0, len(images), CACHE_BATCH):
+                batch = images[i : i + CACHE_BATCH].astype("float32")
+                step = (
+                    augmented_step if augment and v > 0 else plain_step
+                )  # view 0: plain image
+                out[v, i : i + len(batch)] = np.asarray(step(batch))
+                bar.add(len(batch))
+        return out
+
+    print("decoding images into memory")
+    train_images = cached(
+        cache / "train_images.npy", key, lambda: data.decode_all(train.items, size)
+    )
+    val_images = cached(
+        cache / "val_images.npy", key, lambda: data.decode_all(val.items, size)
+    )
+    print(f"computing frozen activations of {args.views} views per training image")
+    train_acts = cached(
+        cache / "train_acts.npy", key, lambda: activations(train_images, True)
+    )
+    val_acts = cached(
+        cache / "val_acts.npy", key, lambda: activations(val_images, False)
+    )[0]
+
+    history: dict[str, dict[str, list[float]]] = {}
+    timings: dict[str, float] = {}
+    # Stage 1: the head alone, on pooled features (the top, still frozen, is run once here).
+    t0 = time.time()
+    if top is not None:
+        pooled = lambda acts: np.asarray(
+            top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0)
+        )  # noqa: E731
+        train_feats = np.stack([pooled(view) for view in train_acts])
+        val_feats = pooled(val_acts)
+    else:
+        train_feats, val_feats = train_acts, val_acts
+    stage1 = head_model(train_feats.shape[2:], model)
+    history["stage1"] = fit_stage(
+        "stage1", stage1, train_feats, train.labels, val_feats, val.labels,
+        args.stage1_epochs, args.stage1_lr, args, run_dir,
+    )  # fmt: skip
+    timings["stage1_seconds"] = round(time.time() - t0, 1)
+
+    # Stage 2: the top of the backbone and the head, on the cached cut activations.
+    if top is not None:
+        t0 = time.time()
+        print(
+            f"stage 2: fine-tuning {unfreeze(top):,} backbone weights from {fine_tune_from} up"
+        )
+        stage2 = head_model(train_acts.shape[2:], model, top)
+        history["stage2"] = fit_stage(
+            "stage2", stage2, train_acts, train.labels, val_acts, val.labels,
+            args.stage2_epochs, args.stage2_lr, args, run_dir,
+        )  # fmt: skip
+        timings["stage2_seconds"] = round(time.time() - t0, 1)
+
+    if gpu:  # ship a float32 model: mixed precision is for training on the GPU only
+        keras.mixed_precision.set_global_policy("float32")
+        final = models.create_model(args.backbone, len(names), size, None, args.dropout)
+        final.set_weights(model.get_weights())
+        model = final
+    metrics = evaluate_model(model, val_images, val.labels)
+    timings["total_seconds"] = round(time.time() - started, 1)
+    print(
+        f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})"
+    )
+    metadata = {
+        "class_names": names,
+        "image_size": size,
+        "backbone": args.backbone,
+        "backbone_weights": args.weights,
+        "data": {
+            "train_source": train.source,
+            "validation_source": val.source,
+            "train_size": len(train),
+            "validation_size": len(val),
+        },
+        "metrics": {
+            "validation_top1": metrics["top1"],
+            "validation_top5": metrics["top5"],
+        },
+        "training": {**settings, **timings, "device": "GPU" if gpu else "CPU"},
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    models.save_model(model, run_dir, metadata)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    plot_history(history, run_dir / "curves.png")
+    print(f"saved {run_dir / models.MODEL_FILE}")
+    if args.ship:
+        ship(run_dir)
+    return run_dir
+
+
+if __name__ == "__main__":
+    sys.exit(main())
