@@ -9,10 +9,10 @@ Three sources, one result type (`LabeledImages`: what to decode, its labels, the
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -25,14 +25,10 @@ DECODE_THREADS = 4  # Pillow releases the GIL while decoding and resizing
 
 @dataclass
 class LabeledImages:
-    items: Sequence[
-        ImageLike
-    ]  # paths or encoded bytes, anything `images.load_rgb` takes
+    items: Sequence[ImageLike]  # paths or encoded bytes, anything `images.load_rgb` takes
     labels: np.ndarray  # int, 0-based class index
     class_names: list[str]
-    expected: (
-        int  # how many the split should hold (more than len(items) if files are absent)
-    )
+    expected: int  # how many the split should hold (more than len(items) if files are absent)
     source: str
 
     def __len__(self) -> int:
@@ -61,24 +57,16 @@ def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages
 
     data_dir = Path(data_dir)
     if split not in OXFORD_SPLITS:
-        raise FlowerDemoError(
-            f"unknown split {split!r}; choose one of {', '.join(OXFORD_SPLITS)}"
-        )
+        raise FlowerDemoError(f"unknown split {split!r}; choose one of {', '.join(OXFORD_SPLITS)}")
     for name in ("imagelabels.mat", "setid.mat"):
         if not (data_dir / name).is_file():
-            raise FlowerDemoError(
-                f"{data_dir} is not a Flowers-102 folder: {name} is missing"
-            )
+            raise FlowerDemoError(f"{data_dir} is not a Flowers-102 folder: {name} is missing")
     labels_1based = loadmat(data_dir / "imagelabels.mat")["labels"].ravel()
     ids = loadmat(data_dir / "setid.mat")[OXFORD_SPLITS[split]].ravel()
     paths = [data_dir / "jpg" / f"image_{i:05d}.jpg" for i in ids]
-    present = [
-        (p, int(labels_1based[i - 1]) - 1) for p, i in zip(paths, ids) if p.is_file()
-    ]
+    present = [(p, int(labels_1based[i - 1]) - 1) for p, i in zip(paths, ids) if p.is_file()]
     if not present:
-        raise FlowerDemoError(
-            f"found 0 of {len(ids)} {split} images in {data_dir / 'jpg'}"
-        )
+        raise FlowerDemoError(f"found 0 of {len(ids)} {split} images in {data_dir / 'jpg'}")
     items, labels = zip(*present)
     return LabeledImages(
         list(items),
@@ -108,20 +96,14 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> LabeledImag
             as_supervised=True,
             decoders={"image": tfds.decode.SkipDecoding()},
         )
-    except (
-        Exception
-    ) as exc:  # tfds raises many types (network, unknown name, bad split)
-        raise FlowerDemoError(
-            f"cannot load tfds {name!r} split {split!r}: {exc}"
-        ) from None
+    except Exception as exc:  # tfds raises many types (network, unknown name, bad split)
+        raise FlowerDemoError(f"cannot load tfds {name!r} split {split!r}: {exc}") from None
     items, labels = [], []
     for encoded, label in tfds.as_numpy(dataset):
         items.append(bytes(encoded))
         labels.append(int(label))
     names = [clean_class_name(n) for n in info.features["label"].names]
-    return LabeledImages(
-        items, np.array(labels), names, len(items), f"tfds:{name}:{split}"
-    )
+    return LabeledImages(items, np.array(labels), names, len(items), f"tfds:{name}:{split}")
 
 
 # --- class-per-folder trees ------------------------------------------------------------------
@@ -134,22 +116,14 @@ def load_image_folder(
     root = Path(root)
     if not root.is_dir():
         raise FlowerDemoError(f"image folder not found: {root}")
-    class_dirs = sorted(
-        d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-    )
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     per_class = [
-        sorted(
-            p
-            for p in d.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         for d in class_dirs
     ]
     kept = [(d, files) for d, files in zip(class_dirs, per_class) if files]
     if len(kept) < 2:
-        raise FlowerDemoError(
-            f"{root} needs at least two class sub-folders holding images"
-        )
+        raise FlowerDemoError(f"{root} needs at least two class sub-folders holding images")
     rng = np.random.default_rng(seed)
     splits: dict[str, tuple[list[Path], list[int]]] = {
         "train": ([], []),
@@ -179,9 +153,7 @@ def load_image_folder(
 # --- decoding and augmentation ---------------------------------------------------------------
 
 
-def iter_decoded(
-    items: Sequence[ImageLike], image_size: int, batch_size: int
-) -> Iterator[np.ndarray]:
+def iter_decoded(items: Sequence[ImageLike], image_size: int, batch_size: int) -> Iterator[np.ndarray]:
     """Batches of decoded (n, size, size, 3) uint8 images, decoded by a thread pool ahead of use."""
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]

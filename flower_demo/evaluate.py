@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +31,7 @@ def predict_probabilities(
     forward = models.compiled_forward(model)
     size = int(model.input_shape[1])
     if isinstance(images, np.ndarray):
-        batches = (
-            images[i : i + batch_size] for i in range(0, len(images), batch_size)
-        )
+        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
     else:
         batches = data.iter_decoded(images, size, batch_size)
     outputs = [np.asarray(forward(batch.astype("float32"))) for batch in batches]
@@ -58,9 +57,7 @@ def evaluate_model(
     return metrics_from(predict_probabilities(model, images), np.asarray(labels))
 
 
-def per_class_accuracy(
-    predicted: np.ndarray, labels: np.ndarray, num_classes: int
-) -> np.ndarray:
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy of each class (NaN for a class with no images)."""
     correct = np.bincount(labels, weights=predicted == labels, minlength=num_classes)
     counts = np.bincount(labels, minlength=num_classes)
@@ -89,18 +86,14 @@ def save_confusion_matrix(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
         default=str(models.SHIPPED_MODEL_DIR),
         help="model folder or .keras file",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)"
-    )
+    source.add_argument("--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)")
     source.add_argument("--tfds", metavar="NAME", help="tensorflow_datasets name")
     source.add_argument(
         "--image-folder",
@@ -116,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print one JSON object: top1, top5, n, expected",
     )
-    p.add_argument(
-        "--confusion-matrix", metavar="PNG", help="also save the confusion matrix here"
-    )
+    p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix here")
     args = p.parse_args(argv)
     try:
         model, metadata = models.load_model(args.model)
@@ -147,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{split.source}: {result['n']} of {split.expected} images found")
         print(f"top-1 {result['top1']:.4f}   top-5 {result['top5']:.4f}")
-        per_class = per_class_accuracy(
-            result["predicted"], split.labels, len(split.class_names)
-        )
+        per_class = per_class_accuracy(result["predicted"], split.labels, len(split.class_names))
         print("per-class accuracy:")
         for name, acc in sorted(
             zip(metadata["class_names"], per_class),

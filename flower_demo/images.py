@@ -115,13 +115,9 @@ def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
         image = _open(source)
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise FlowerDemoError(
-                f"image too large to decode safely ({width}x{height})"
-            )
+            raise FlowerDemoError(f"image too large to decode safely ({width}x{height})")
         if min(width, height) < MIN_SIDE:
-            raise FlowerDemoError(
-                f"image too small ({width}x{height}, need {MIN_SIDE}px)"
-            )
+            raise FlowerDemoError(f"image too small ({width}x{height}, need {MIN_SIDE}px)")
         if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
             raise FlowerDemoError(f"absurd aspect ratio ({width}x{height})")
         if min_size and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK"):
@@ -139,9 +135,7 @@ def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
         Image.DecompressionBombError,
     ) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FlowerDemoError(
-            f"{name}: corrupt or truncated image ({reason})"
-        ) from None
+        raise FlowerDemoError(f"{name}: corrupt or truncated image ({reason})") from None
 
 
 def square_uint8(source: ImageLike, size: int) -> np.ndarray:
@@ -166,8 +160,4 @@ def process_image(image: ImageLike, image_size: int | None = None) -> np.ndarray
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted, by extension."""
     folder = Path(folder)
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 
@@ -52,9 +53,7 @@ BACKBONES: dict[str, Backbone] = {
         feature_map="conv5_block3_out",
     ),
 }
-HUB_PREFIX = (
-    "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
-)
+HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
 
 
 @keras.saving.register_keras_serializable(package="flower_demo")
@@ -108,18 +107,14 @@ class HubFeatureExtractor(keras.layers.Layer):
         }
 
 
-def create_backbone(
-    name: str, image_size: int, weights: str | None = "imagenet"
-) -> keras.Layer:
+def create_backbone(name: str, image_size: int, weights: str | None = "imagenet") -> keras.Layer:
     """The frozen, globally pooled feature extractor `name` (a BACKBONES key or "hub:HANDLE").
 
     `weights`: "imagenet" (downloaded by Keras where there is a network), a local weights file,
     or None for random initialisation.
     """
     if name.startswith(HUB_PREFIX):
-        layer = HubFeatureExtractor(
-            name[len(HUB_PREFIX) :], image_size, name="backbone"
-        )
+        layer = HubFeatureExtractor(name[len(HUB_PREFIX) :], image_size, name="backbone")
         layer.trainable = False
         return layer
     if name not in BACKBONES:
@@ -151,17 +146,11 @@ def create_model(
     # training=False keeps BatchNorm in inference mode even when the backbone is unfrozen.
     x = create_backbone(backbone, image_size, weights)(x, training=False)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="classifier"
-    )(x)
-    return keras.Model(
-        inputs, outputs, name=f"flowers_{backbone.replace(':', '_').replace('/', '_')}"
-    )
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
+    return keras.Model(inputs, outputs, name=f"flowers_{backbone.replace(':', '_').replace('/', '_')}")
 
 
-_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Callable]" = (
-    weakref.WeakKeyDictionary()
-)
+_FORWARD: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDictionary()
 
 
 def compiled_forward(model: keras.Model) -> Callable:
@@ -175,9 +164,7 @@ def compiled_forward(model: keras.Model) -> Callable:
 
         size = model.input_shape[1]
         spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-        _FORWARD[model] = tf.function(
-            lambda x: model(x, training=False), input_signature=[spec]
-        )
+        _FORWARD[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     return _FORWARD[model]
 
 
@@ -192,9 +179,7 @@ def head_of(model: keras.Model) -> list[keras.Layer]:
 # --- saving and loading ---------------------------------------------------------------------
 
 
-def save_model(
-    model: keras.Model, folder: str | os.PathLike, metadata: dict[str, Any]
-) -> Path:
+def save_model(model: keras.Model, folder: str | os.PathLike, metadata: dict[str, Any]) -> Path:
     """Write `model.keras` and `metadata.json` into `folder` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,22 +60,15 @@ class Classifier:
             else list(self.metadata["class_names"])
         )
         self.forward = models.compiled_forward(self.model)
-        self.forward(
-            np.zeros((1, self.image_size, self.image_size, 3), np.float32)
-        )  # trace now
+        self.forward(np.zeros((1, self.image_size, self.image_size, 3), np.float32))  # trace now
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """(n, classes) probabilities for a batch of process_image outputs."""
         return np.asarray(self.forward(np.asarray(batch, dtype=np.float32)))
 
     def check_top_k(self, top_k: int) -> int:
-        if (
-            not isinstance(top_k, (int, np.integer))
-            or not 1 <= top_k <= self.num_classes
-        ):
-            raise FlowerDemoError(
-                f"top_k must be an integer from 1 to {self.num_classes}, got {top_k!r}"
-            )
+        if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= self.num_classes:
+            raise FlowerDemoError(f"top_k must be an integer from 1 to {self.num_classes}, got {top_k!r}")
         return int(top_k)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> Prediction:
@@ -138,10 +132,7 @@ def predict_batch(
                 decoded.append(exc)
         good = [d for d in decoded if isinstance(d, np.ndarray)]
         probs = iter(classifier.probabilities(np.stack(good)) if good else [])
-        results += [
-            classifier.top_k(next(probs), k) if isinstance(d, np.ndarray) else d
-            for d in decoded
-        ]
+        results += [classifier.top_k(next(probs), k) if isinstance(d, np.ndarray) else d for d in decoded]
     return results
 
 
@@ -157,9 +148,7 @@ def expand_inputs(
         if Path(item).is_dir():
             found = list_images(item)
             if not found:
-                problems.append(
-                    (item, FlowerDemoError(f"{item}: directory holds no images"))
-                )
+                problems.append((item, FlowerDemoError(f"{item}: directory holds no images")))
             paths += [str(p) for p in found]
         else:
             paths.append(item)
@@ -170,28 +159,20 @@ def format_table(name: str, prediction: Prediction) -> str:
     width = max(len(n) for n in prediction.class_names)
     rows = [
         f"  {rank}. {cls:<{width}}  {p:7.2%}"
-        for rank, (cls, p) in enumerate(
-            zip(prediction.class_names, prediction.probabilities), 1
-        )
+        for rank, (cls, p) in enumerate(zip(prediction.class_names, prediction.probabilities), 1)
     ]
     return "\n".join([name, *rows])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m flower_demo.predict", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image files or folders of images"
-    )
+    p = argparse.ArgumentParser(prog="python -m flower_demo.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument(
         "--model",
         default=None,
         help="model folder or .keras file (default: the shipped model)",
     )
-    p.add_argument(
-        "--top_k", "--top-k", type=int, default=5, help="how many classes to show"
-    )
+    p.add_argument("--top_k", "--top-k", type=int, default=5, help="how many classes to show")
     p.add_argument(
         "--category_names",
         "--category-names",
@@ -207,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     paths, problems = expand_inputs(args.images)
-    results = (
-        predict_batch(paths, classifier, args.top_k, skip_errors=True) if paths else []
-    )
+    results = predict_batch(paths, classifier, args.top_k, skip_errors=True) if paths else []
     records = []
     for path, result in [*zip(paths, results), *problems]:
         if isinstance(result, FlowerDemoError):

@@ -28,7 +28,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -48,15 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)"
-    )
-    source.add_argument(
-        "--tfds", metavar="NAME", help="tensorflow_datasets name, e.g. tf_flowers"
-    )
-    source.add_argument(
-        "--image-folder", help="class-per-folder image tree (your own data)"
-    )
+    source.add_argument("--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)")
+    source.add_argument("--tfds", metavar="NAME", help="tensorflow_datasets name, e.g. tf_flowers")
+    source.add_argument("--image-folder", help="class-per-folder image tree (your own data)")
     p.add_argument("--tfds-dir", help="where tensorflow_datasets keeps its downloads")
     p.add_argument(
         "--val-fraction",
@@ -99,9 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fine-tune-from",
         help="layer whose output feeds the fine-tuned part (default: the registry's)",
     )
-    p.add_argument(
-        "--patience", type=int, default=6, help="early stopping on validation accuracy"
-    )
+    p.add_argument("--patience", type=int, default=6, help="early stopping on validation accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", help="output folder (default: runs/<date-time>)")
     p.add_argument(
@@ -128,9 +119,7 @@ def load_splits(
         train = data.load_oxford_folder(args.data_dir, "train")
         val = data.load_oxford_folder(args.data_dir, "validation")
     elif args.image_folder:
-        train, val = data.load_image_folder(
-            args.image_folder, args.val_fraction, args.seed
-        )
+        train, val = data.load_image_folder(args.image_folder, args.val_fraction, args.seed)
     else:
         import tensorflow_datasets as tfds
 
@@ -144,10 +133,7 @@ def load_splits(
         val = data.load_tfds(args.tfds, val_split, args.tfds_dir)
     if args.max_per_class:
         keep = np.concatenate(
-            [
-                np.flatnonzero(train.labels == c)[: args.max_per_class]
-                for c in np.unique(train.labels)
-            ]
+            [np.flatnonzero(train.labels == c)[: args.max_per_class] for c in np.unique(train.labels)]
         )
         keep.sort()
         train = data.LabeledImages(
@@ -189,15 +175,11 @@ def split_model(model, backbone_name: str, fine_tune_from: str | None):
     preprocessed = model.get_layer("preprocess").output
     backbone = models.backbone_of(model)
     if fine_tune_from is None or backbone_name.startswith(models.HUB_PREFIX):
-        return keras.Model(
-            image, backbone(preprocessed, training=False), name="bottom"
-        ), None
+        return keras.Model(image, backbone(preprocessed, training=False), name="bottom"), None
     cut = backbone.get_layer(fine_tune_from).output
     bottom_part = keras.Model(backbone.input, cut)
     top = keras.Model(cut, backbone.output, name="top")
-    return keras.Model(
-        image, bottom_part(preprocessed, training=False), name="bottom"
-    ), top
+    return keras.Model(image, bottom_part(preprocessed, training=False), name="bottom"), top
 
 
 def head_model(input_shape: tuple, model, top=None):
@@ -219,9 +201,7 @@ def unfreeze(top) -> int:
 class RandomViews(keras.utils.PyDataset):
     """Batches from (views, n, ...) cached arrays: one random view of each image per epoch."""
 
-    def __init__(
-        self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
-    ):
+    def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
         super().__init__()
         self.views, self.labels, self.batch_size = views, labels, batch_size
         self.rng = np.random.default_rng(seed)
@@ -235,9 +215,7 @@ class RandomViews(keras.utils.PyDataset):
         self.choice = self.rng.integers(0, len(self.views), len(self.labels))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.sort(
-            self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        )
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         x = np.stack([self.views[v, r] for v, r in zip(self.choice[rows], rows)])
         return x.astype("float32"), self.labels[rows]
 
@@ -281,9 +259,7 @@ def fit_stage(
                 save_best_only=True,
                 save_weights_only=True,
             ),
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy", patience=args.patience
-            ),
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience),
         ],
         verbose="auto" if sys.stdout.isatty() else 2,
     )
@@ -352,15 +328,11 @@ def run(args: argparse.Namespace) -> Path:
     from flower_demo.evaluate import evaluate_model
 
     if args.resume and not (args.run_dir and Path(args.run_dir).is_dir()):
-        raise FlowerDemoError(
-            "--resume needs --run-dir pointing at an existing run folder"
-        )
+        raise FlowerDemoError("--resume needs --run-dir pointing at an existing run folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or models.REPO_ROOT / "runs" / stamp)
     if run_dir.resolve() == models.SHIPPED_MODEL_DIR.resolve():
-        raise FlowerDemoError(
-            "--run-dir must not be weights/; use --ship to publish a run"
-        )
+        raise FlowerDemoError("--run-dir must not be weights/; use --ship to publish a run")
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "ship")}
     (run_dir / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -377,9 +349,7 @@ def run(args: argparse.Namespace) -> Path:
     model = models.create_model(args.backbone, len(names), size, weights, args.dropout)
     fine_tune_from = None
     if args.stage2_epochs > 0 and not args.backbone.startswith(models.HUB_PREFIX):
-        fine_tune_from = (
-            args.fine_tune_from or models.BACKBONES[args.backbone].fine_tune_from
-        )
+        fine_tune_from = args.fine_tune_from or models.BACKBONES[args.backbone].fine_tune_from
     bottom, top = split_model(model, args.backbone, fine_tune_from)
 
     # Everything the cached arrays depend on, so a changed setting never reuses a stale cache.
@@ -391,49 +361,33 @@ def run(args: argparse.Namespace) -> Path:
 
     augmenter = data.make_augmenter(args.seed)
     plain_step = tf.function(lambda batch: bottom(batch, training=False))
-    augmented_step = tf.function(
-        lambda batch: bottom(augmenter(batch, training=True), training=False)
-    )
+    augmented_step = tf.function(lambda batch: bottom(augmenter(batch, training=True), training=False))
 
     def activations(images: np.ndarray, augment: bool) -> np.ndarray:
         n_views = args.views if augment else 1
-        out = np.empty(
-            (n_views, len(images), *bottom.output_shape[1:]), dtype="float16"
-        )
+        out = np.empty((n_views, len(images), *bottom.output_shape[1:]), dtype="float16")
         bar = keras.utils.Progbar(n_views * len(images), unit_name="image")
         for v in range(n_views):
             for i in range(0, len(images), CACHE_BATCH):
                 batch = images[i : i + CACHE_BATCH].astype("float32")
-                step = (
-                    augmented_step if augment and v > 0 else plain_step
-                )  # view 0: plain image
+                step = augmented_step if augment and v > 0 else plain_step  # view 0: plain image
                 out[v, i : i + len(batch)] = np.asarray(step(batch))
                 bar.add(len(batch))
         return out
 
     print("decoding images into memory")
-    train_images = cached(
-        cache / "train_images.npy", key, lambda: data.decode_all(train.items, size)
-    )
-    val_images = cached(
-        cache / "val_images.npy", key, lambda: data.decode_all(val.items, size)
-    )
+    train_images = cached(cache / "train_images.npy", key, lambda: data.decode_all(train.items, size))
+    val_images = cached(cache / "val_images.npy", key, lambda: data.decode_all(val.items, size))
     print(f"computing frozen activations of {args.views} views per training image")
-    train_acts = cached(
-        cache / "train_acts.npy", key, lambda: activations(train_images, True)
-    )
-    val_acts = cached(
-        cache / "val_acts.npy", key, lambda: activations(val_images, False)
-    )[0]
+    train_acts = cached(cache / "train_acts.npy", key, lambda: activations(train_images, True))
+    val_acts = cached(cache / "val_acts.npy", key, lambda: activations(val_images, False))[0]
 
     history: dict[str, dict[str, list[float]]] = {}
     timings: dict[str, float] = {}
     # Stage 1: the head alone, on pooled features (the top, still frozen, is run once here).
     t0 = time.time()
     if top is not None:
-        pooled = lambda acts: np.asarray(
-            top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0)
-        )  # noqa: E731
+        pooled = lambda acts: np.asarray(top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0))  # noqa: E731
         train_feats = np.stack([pooled(view) for view in train_acts])
         val_feats = pooled(val_acts)
     else:
@@ -448,9 +402,7 @@ def run(args: argparse.Namespace) -> Path:
     # Stage 2: the top of the backbone and the head, on the cached cut activations.
     if top is not None:
         t0 = time.time()
-        print(
-            f"stage 2: fine-tuning {unfreeze(top):,} backbone weights from {fine_tune_from} up"
-        )
+        print(f"stage 2: fine-tuning {unfreeze(top):,} backbone weights from {fine_tune_from} up")
         stage2 = head_model(train_acts.shape[2:], model, top)
         history["stage2"] = fit_stage(
             "stage2", stage2, train_acts, train.labels, val_acts, val.labels,
@@ -465,9 +417,7 @@ def run(args: argparse.Namespace) -> Path:
         model = final
     metrics = evaluate_model(model, val_images, val.labels)
     timings["total_seconds"] = round(time.time() - started, 1)
-    print(
-        f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})"
-    )
+    print(f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})")
     metadata = {
         "class_names": names,
         "image_size": size,
