@@ -164,7 +164,9 @@ def compiled_forward(model: keras.Model) -> Callable:
 
         size = model.input_shape[1]
         spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-        _FORWARD[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _FORWARD[model] = tf.function(
+            lambda x: model(x, training=False), input_signature=[spec], autograph=False
+        )
     return _FORWARD[model]
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum("error" in r for r in records)
     return 1 if failed else 0
 
+
+class _CallableModule(types.ModuleType):
+    """`import flower_demo.predict` rebinds the package attribute `flower_demo.predict` from the
+    function to this module; making the module callable keeps `flower_demo.predict(image)` working."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -87,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stage1-lr", type=float, default=1e-3)
     p.add_argument("--stage2-epochs", type=int, default=20, help="0 skips fine-tuning")
     p.add_argument("--stage2-lr", type=float, default=1e-4)
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha on cached activations (0 = off)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument(
         "--fine-tune-from",
@@ -201,9 +202,9 @@ def unfreeze(top) -> int:
 class RandomViews(keras.utils.PyDataset):
     """Batches from (views, n, ...) cached arrays: one random view of each image per epoch."""
 
-    def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, mixup: float = 0.0):
         super().__init__()
-        self.views, self.labels, self.batch_size = views, labels, batch_size
+        self.views, self.labels, self.batch_size, self.mixup = views, labels, batch_size, mixup
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
 
@@ -216,8 +217,15 @@ class RandomViews(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        x = np.stack([self.views[v, r] for v, r in zip(self.choice[rows], rows)])
-        return x.astype("float32"), self.labels[rows]
+        x = np.stack([self.views[v, r] for v, r in zip(self.choice[rows], rows)]).astype("float32")
+        y = self.labels[rows]
+        if self.mixup > 0:  # mixup of cached activations ("manifold mixup"): blend pairs and labels
+            lam = self.rng.beta(self.mixup, self.mixup, size=len(rows)).astype("float32")
+            pair = self.rng.permutation(len(rows))
+            lam_x = lam.reshape((-1,) + (1,) * (x.ndim - 1))
+            x = lam_x * x + (1 - lam_x) * x[pair]
+            y = lam[:, None] * y + (1 - lam[:, None]) * y[pair]
+        return x, y
 
 
 def fit_stage(
@@ -246,7 +254,7 @@ def fit_stage(
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
     one_hot = np.eye(num_classes, dtype="float32")
-    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed)
+    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
     history = trainable.fit(
         views,
         validation_data=(np.asarray(val_x, dtype="float32"), one_hot[val_labels]),
@@ -360,8 +368,10 @@ def run(args: argparse.Namespace) -> Path:
     cache = run_dir / "cache"
 
     augmenter = data.make_augmenter(args.seed)
-    plain_step = tf.function(lambda batch: bottom(batch, training=False))
-    augmented_step = tf.function(lambda batch: bottom(augmenter(batch, training=True), training=False))
+    plain_step = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
+    augmented_step = tf.function(
+        lambda batch: bottom(augmenter(batch, training=True), training=False), autograph=False
+    )
 
     def activations(images: np.ndarray, augment: bool) -> np.ndarray:
         n_views = args.views if augment else 1

@@ -1,0 +1,104 @@
+"""Shared fixtures: the shipped model (skipped when weights/ is absent) and small models and data
+that the tests build themselves, so the suite runs on a fresh clone with no network.
+
+FLOWER_DEMO_TEST_MODEL=runs/NAME pytest  checks a run folder instead of weights/ where the tests
+say "shipped model".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from helpers import TINY_CLASSES, TINY_SIZE  # noqa: E402
+
+# --- the shipped model -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    override = os.environ.get("FLOWER_DEMO_TEST_MODEL")
+    folder = Path(override) if override else REPO_ROOT / "weights"
+    if not (folder / "model.keras").is_file():
+        pytest.skip(f"no trained model in {folder} (weights/model.keras is shipped separately)")
+    return folder.resolve()
+
+
+@pytest.fixture(scope="session")
+def shipped_metadata(shipped_model_dir: Path) -> dict:
+    return json.loads((shipped_model_dir / "metadata.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def shipped_classifier(shipped_model_dir: Path):
+    """flower_demo.predict.Classifier on the shipped model, loaded once per session."""
+    from flower_demo import predict
+
+    if os.environ.get("FLOWER_DEMO_TEST_MODEL"):
+        return predict.Classifier(shipped_model_dir)
+    # The classifier predict() loads when given no model, so that is loaded once, not twice.
+    return predict._classifier(None)
+
+
+# --- small models built here -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(tmp_path_factory) -> Path:
+    """A MobileNetV2 (32 px, no top) weights file with random kernels and calibrated BatchNorm.
+
+    With weights=None every BatchNorm keeps mean 0 / variance 1 and MobileNetV2's features
+    vanish (~1e-13), so nothing downstream can learn. Setting each BatchNorm's moving statistics
+    to the batch statistics of random images gives features of order 1, and non-trivial moving
+    statistics that a test can check are left alone by fine-tuning.
+    """
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    backbone = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(TINY_SIZE, TINY_SIZE, 3), pooling="avg"
+    )
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0  # one training-mode call sets moving stats to the batch stats
+    pixels = np.random.default_rng(0).uniform(0, 255, (32, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+    backbone(keras.applications.mobilenet_v2.preprocess_input(pixels), training=True)
+    for layer in norms:
+        layer.momentum = 0.999
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_32.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, mobilenet_weights: Path) -> Path:
+    """A saved 3-class, 32 px MobileNetV2 classifier (model.keras + metadata.json)."""
+    import keras
+
+    from flower_demo import models
+
+    keras.utils.set_random_seed(7)
+    model = models.create_model("mobilenet_v2", len(TINY_CLASSES), TINY_SIZE, str(mobilenet_weights))
+    folder = tmp_path_factory.mktemp("tiny_model")
+    metadata = {"class_names": TINY_CLASSES, "image_size": TINY_SIZE, "backbone": "mobilenet_v2"}
+    return models.save_model(model, folder, metadata)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model_dir: Path):
+    from flower_demo.predict import Classifier
+
+    return Classifier(tiny_model_dir)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts a separate Python process (TensorFlow start-up)")

@@ -1,0 +1,41 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+FIXTURE_FLOWERS = REPO_ROOT / "tests" / "fixtures" / "flowers"
+TINY_SIZE = 32  # the smallest input keras.applications accepts
+TINY_CLASSES = ["alpha flower", "beta flower", "gamma flower"]
+
+
+def fixture_photos() -> list[Path]:
+    """tests/fixtures/flowers/NNN_slug.jpg, NNN = 1-based label id."""
+    return sorted(FIXTURE_FLOWERS.glob("[0-9][0-9][0-9]_*.jpg"))
+
+
+def label_id(photo: Path) -> int:
+    return int(photo.name[:3])
+
+
+def save_solid(path: Path, color, size=(40, 40), noise: float = 0.0, seed: int = 0) -> Path:
+    """An RGB image of one colour (plus optional Gaussian noise), saved by Pillow."""
+    pixels = np.broadcast_to(np.asarray(color, dtype=np.float64), (size[1], size[0], 3))
+    if noise:
+        pixels = pixels + np.random.default_rng(seed).normal(0, noise, pixels.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def make_class_tree(root: Path, classes: dict[str, tuple], per_class: int, size: int = 40) -> Path:
+    """root/CLASS/NN.png: `per_class` noisy solid-colour images per class."""
+    for c, (name, color) in enumerate(classes.items()):
+        for i in range(per_class):
+            save_solid(root / name / f"{i:02d}.png", color, (size, size), noise=20, seed=100 * c + i)
+    return root
