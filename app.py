@@ -21,7 +21,10 @@ from flower_demo.errors import FlowerDemoError
 from flower_demo.predict import Classifier, Prediction, predict
 
 TOP_K = 5
-LOW_CONFIDENCE = 0.5  # below this top-1 probability the page says the model is not sure
+# Below this top-1 probability the page says the model is not sure. Chosen on the validation set
+# (interim model, 86.8% top-1): its answers at or above 0.3 were right 95% of the time (80% of
+# photos), those below only 54%. Label smoothing keeps even right answers' probabilities modest.
+LOW_CONFIDENCE = 0.3
 CONCURRENCY_LIMIT = 2  # predictions run at once; the classifier's tf.function is thread-safe
 EXAMPLES_DIR = Path(__file__).resolve().parent / "tests" / "fixtures" / "flowers"
 DATASET_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
@@ -59,7 +62,7 @@ def verdict(prediction: Prediction) -> str:
             "too low to trust. The photo may show a flower outside the 102 species the model knows, "
             "several flowers, or a hard view. The chart shows the other candidates."
         )
-    return f"**{name.capitalize()}**, {probability:.0%} confident."
+    return f"Most likely **{name}** ({probability:.0%})."
 
 
 def classify(image: str | None) -> tuple[dict[str, float] | None, str]:
@@ -116,7 +119,7 @@ def build_demo() -> gr.Blocks:
                 answer = gr.Markdown(PROMPT, label="Verdict")
         # `input` fires once per upload, webcam shot, paste or clear; `change` fires twice when
         # a photo replaces another (Gradio 6), and would classify it, or report its error, twice.
-        image.change(
+        image.input(
             classify,
             inputs=image,
             outputs=[chart, answer],

@@ -48,15 +48,15 @@ def _open(source: ImageLike) -> Image.Image:
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise FlowerDemoError(f"no such file: {path}")
+            raise FlowerDemoError("no such file")
         if path.is_dir():
-            raise FlowerDemoError(f"is a directory, not an image: {path}")
+            raise FlowerDemoError("is a directory, not an image")
         size = path.stat().st_size
         if size == 0:
-            raise FlowerDemoError(f"empty file (0 bytes): {path}")
+            raise FlowerDemoError("empty file (0 bytes)")
         if size > MAX_FILE_BYTES:
-            raise FlowerDemoError(f"file too large ({size / 2**20:.0f} MiB): {path}")
-        stream = path.open("rb")
+            raise FlowerDemoError(f"file too large ({size / 2**20:.0f} MiB)")
+        stream = path  # Pillow opens it, and closes it once the pixels are loaded
     else:
         raise FlowerDemoError(f"cannot read an image from {type(source).__name__}")
     try:

@@ -122,12 +122,15 @@ def create_backbone(name: str, image_size: int, weights: str | None = "imagenet"
         raise FlowerDemoError(f"unknown backbone {name!r}; choose one of {known}")
     if weights not in ("imagenet", None) and not os.path.isfile(weights):
         raise FlowerDemoError(f"backbone weights file not found: {weights}")
-    model = BACKBONES[name].constructor(
-        include_top=False,
-        weights=weights,
-        input_shape=(image_size, image_size, 3),
-        pooling="avg",
-    )
+    try:
+        model = BACKBONES[name].constructor(
+            include_top=False,
+            weights=weights,
+            input_shape=(image_size, image_size, 3),
+            pooling="avg",
+        )
+    except ValueError as exc:  # e.g. an input size the architecture does not accept
+        raise FlowerDemoError(f"cannot build {name} at {image_size}px: {str(exc).splitlines()[0]}") from None
     model.name = "backbone"
     model.trainable = False
     return model
@@ -141,10 +144,11 @@ def create_model(
     dropout: float = 0.2,
 ) -> keras.Model:
     """pixels 0..255 -> backbone preprocessing -> frozen backbone -> dropout -> softmax."""
+    features = create_backbone(backbone, image_size, weights)  # first: it checks the name
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = Preprocess(backbone, name="preprocess")(inputs)
     # training=False keeps BatchNorm in inference mode even when the backbone is unfrozen.
-    x = create_backbone(backbone, image_size, weights)(x, training=False)
+    x = features(x, training=False)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier")(x)
     return keras.Model(inputs, outputs, name=f"flowers_{backbone.replace(':', '_').replace('/', '_')}")
@@ -193,12 +197,17 @@ def save_model(model: keras.Model, folder: str | os.PathLike, metadata: dict[str
 
 def _model_dir(path: str | os.PathLike | None) -> Path:
     path = Path(path) if path is not None else SHIPPED_MODEL_DIR
-    return path.parent if path.suffix == ".keras" else path
+    return path.parent if path.suffix in (".keras", ".tflite") else path
+
+
+def metadata_path(path: str | os.PathLike | None = None) -> Path:
+    """Where the metadata of the model folder (or .keras / exported .tflite file) at `path` lives."""
+    return _model_dir(path) / METADATA_FILE
 
 
 def read_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The metadata of the model folder (or .keras file) at `path`; the shipped one by default."""
-    meta_path = _model_dir(path) / METADATA_FILE
+    meta_path = metadata_path(path)
     if not meta_path.is_file():
         raise FlowerDemoError(f"model metadata not found: {meta_path}")
     try:
@@ -225,7 +234,12 @@ def load_model(
     except Exception as exc:  # Keras raises many types for a broken file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FlowerDemoError(f"cannot load model {model_path}: {reason}") from None
-    outputs, size = int(model.output_shape[-1]), model.input_shape[1]
+    check_against_metadata(model_path, int(model.output_shape[-1]), model.input_shape[1], metadata)
+    return model, metadata
+
+
+def check_against_metadata(model_path: Path, outputs: int, size: int, metadata: dict[str, Any]) -> None:
+    """A model's output count and input size must be what its metadata says."""
     if outputs != len(metadata["class_names"]):
         raise FlowerDemoError(
             f"model {model_path} has {outputs} outputs but its metadata names "
@@ -235,7 +249,6 @@ def load_model(
         raise FlowerDemoError(
             f"model {model_path} takes {size}px images but its metadata says {metadata['image_size']}px"
         )
-    return model, metadata
 
 
 def label_map_from_names(class_names: list[str]) -> dict[str, str]:

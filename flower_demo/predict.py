@@ -1,10 +1,17 @@
 """Classify images with a saved model: the Python API and its command line.
 
     python -m flower_demo.predict IMAGE [IMAGE or FOLDER ...] --top_k 5 --category_names label_map.json
+    python -m flower_demo.predict IMAGE --explain why.png      # also writes a Grad-CAM overlay
 
 API: `predict(image)` for one image, `predict_batch(images)` for many (run in batches), both on
 the shipped model unless given a `Classifier`. Every problem a user can cause raises
 `FlowerDemoError` with a one-line reason; the command line prints it and goes on.
+
+A model folder's metadata may hold a calibration (written by `python -m flower_demo.calibrate`):
+then the probabilities are temperature-scaled, and `Prediction.is_known` says whether the photo
+passes the stored "one of the known classes" rule. Without one, probabilities are the model's own
+and every prediction is known. A `.tflite` file made by `python -m flower_demo.export` (with the
+metadata.json next to it) runs wherever a model folder does.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import models
+from flower_demo import calibrate, models
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike, list_images, square_uint8
 
 BATCH_SIZE = 32
+DEFAULT_TOP_K = 5
 
 
 @dataclass
@@ -35,6 +43,7 @@ class Prediction:
     class_ids: list[int]  # label ids, 1-based as in label_map.json
     class_names: list[str]
     probabilities: list[float]
+    is_known: bool = True  # False: the calibration's rule says it is none of the model's classes
 
     @property
     def top1(self) -> tuple[str, float]:
@@ -52,7 +61,19 @@ class Classifier:
         model_path: str | os.PathLike | None = None,
         category_names: str | os.PathLike | None = None,
     ) -> None:
-        self.model, self.metadata = models.load_model(model_path)
+        if model_path is not None and Path(model_path).suffix == ".tflite":
+            from flower_demo.export import TFLiteModel
+
+            self.model = None  # no Keras model: no Grad-CAM
+            self.metadata = models.read_metadata(model_path)
+            self.forward = TFLiteModel(model_path)
+            models.check_against_metadata(
+                Path(model_path), self.forward.num_outputs, self.forward.image_size, self.metadata
+            )
+        else:
+            self.model, self.metadata = models.load_model(model_path)
+            self.forward = models.compiled_forward(self.model)
+        self.calibration = calibrate.read_calibration(self.metadata)
         self.image_size = int(self.metadata["image_size"])
         self.num_classes = len(self.metadata["class_names"])
         self.class_names = (
@@ -60,24 +81,30 @@ class Classifier:
             if category_names is not None
             else list(self.metadata["class_names"])
         )
-        self.forward = models.compiled_forward(self.model)
         self.forward(np.zeros((1, self.image_size, self.image_size, 3), np.float32))  # trace now
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """(n, classes) probabilities for a batch of process_image outputs."""
-        return np.asarray(self.forward(np.asarray(batch, dtype=np.float32)))
+        """(n, classes) probabilities for a batch of process_image outputs (temperature-scaled
+        when the model is calibrated)."""
+        probabilities = np.asarray(self.forward(np.asarray(batch, dtype=np.float32)))
+        return probabilities if self.calibration is None else self.calibration.probabilities(probabilities)
 
-    def check_top_k(self, top_k: int) -> int:
+    def check_top_k(self, top_k: int | None) -> int:
+        """`top_k` if it is a valid class count; None means DEFAULT_TOP_K (or all, if fewer)."""
+        if top_k is None:
+            return min(DEFAULT_TOP_K, self.num_classes)
         if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= self.num_classes:
             raise FlowerDemoError(f"top_k must be an integer from 1 to {self.num_classes}, got {top_k!r}")
         return int(top_k)
 
     def top_k(self, probabilities: np.ndarray, k: int) -> Prediction:
+        """The best `k` classes of one image's `probabilities()` row, and the calibration's verdict."""
         best = np.argsort(-probabilities)[:k]
         return Prediction(
             class_ids=[int(i) + 1 for i in best],
             class_names=[self.class_names[i] for i in best],
             probabilities=[float(probabilities[i]) for i in best],
+            is_known=self.calibration is None or bool(self.calibration.is_known(probabilities)),
         )
 
 
@@ -99,7 +126,7 @@ def _classifier(model: Classifier | str | os.PathLike | None) -> Classifier:
 def predict(
     image: ImageLike,
     model: Classifier | str | os.PathLike | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
 ) -> Prediction:
     """Top-K classes of one image (path, bytes, PIL image or array)."""
     classifier = _classifier(model)
@@ -111,7 +138,7 @@ def predict(
 def predict_batch(
     images: Sequence[ImageLike],
     model: Classifier | str | os.PathLike | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
     batch_size: int = BATCH_SIZE,
     skip_errors: bool = False,
 ) -> list[Prediction | FlowerDemoError]:
@@ -156,13 +183,25 @@ def expand_inputs(
     return paths, problems
 
 
+NOT_KNOWN = "  (does not look like one of the classes this model knows)"
+
+
 def format_table(name: str, prediction: Prediction) -> str:
     width = max(len(n) for n in prediction.class_names)
     rows = [
         f"  {rank}. {cls:<{width}}  {p:7.2%}"
         for rank, (cls, p) in enumerate(zip(prediction.class_names, prediction.probabilities), 1)
     ]
-    return "\n".join([name, *rows])
+    return "\n".join([name, *([] if prediction.is_known else [NOT_KNOWN]), *rows])
+
+
+def explain_path(out: str, image: str, several: bool) -> Path:
+    """Where --explain OUT writes the overlay of `image`: OUT itself for one image, else
+    OUT's stem + "_" + the image's stem + OUT's suffix, in OUT's folder."""
+    out_path = Path(out)
+    if not several:
+        return out_path
+    return out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--model",
         default=None,
-        help="model folder or .keras file (default: the shipped model)",
+        help="model folder, .keras file or exported .tflite file (default: the shipped model)",
     )
-    p.add_argument("--top_k", "--top-k", type=int, default=5, help="how many classes to show")
+    p.add_argument("--top_k", "--top-k", type=int, default=None, help="how many classes to show (default 5)")
     p.add_argument(
         "--category_names",
         "--category-names",
@@ -181,10 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON label map {id: name}",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--explain",
+        metavar="OUT.png",
+        default=None,
+        help="also write a Grad-CAM heatmap of the top-1 class blended over the photo to OUT.png; "
+        "with several images, to OUT_<image stem>.png each (Keras models only)",
+    )
     args = p.parse_args(argv)
     try:
         classifier = Classifier(args.model, args.category_names)
         classifier.check_top_k(args.top_k)
+        if args.explain and classifier.model is None:
+            raise FlowerDemoError("--explain needs a Keras model (model.keras), not a .tflite file")
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -192,13 +240,25 @@ def main(argv: list[str] | None = None) -> int:
     results = predict_batch(paths, classifier, args.top_k, skip_errors=True) if paths else []
     records = []
     for path, result in [*zip(paths, results), *problems]:
+        if args.explain and not isinstance(result, FlowerDemoError):
+            from flower_demo.explain import save_overlay
+
+            out = explain_path(args.explain, path, several=len(paths) > 1)
+            try:
+                save_overlay(path, out, classifier, class_index=result.class_ids[0] - 1)
+            except FlowerDemoError as exc:
+                result = FlowerDemoError(f"{path}: Grad-CAM: {exc}")
         if isinstance(result, FlowerDemoError):
             print(f"error: {result}", file=sys.stderr)
             records.append({"image": path, "error": str(result)})
         else:
             records.append({"image": path, **result.as_dict()})
+            if args.explain:
+                records[-1]["explanation"] = str(out)
             if not args.json:
                 print(format_table(path, result))
+                if args.explain:
+                    print(f"  Grad-CAM overlay: {out}")
     if args.json:
         print(json.dumps(records, indent=2))
     failed = sum("error" in r for r in records)

@@ -21,6 +21,7 @@ checkpoints per stage, and the activation cache. `weights/` is written only with
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import hashlib
 import json
@@ -88,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stage2-epochs", type=int, default=20, help="0 skips fine-tuning")
     p.add_argument("--stage2-lr", type=float, default=1e-4)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha on cached activations (0 = off)")
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the weights with this momentum, e.g. 0.99 (0 = off)",
+    )
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument(
         "--fine-tune-from",
@@ -228,9 +235,18 @@ class RandomViews(keras.utils.PyDataset):
         return x, y
 
 
+def read_log(path: Path) -> dict[str, list[float]]:
+    """Per-epoch metrics from a Keras CSVLogger file ({} if there is none yet)."""
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
 def fit_stage(
     stage: str,
-    trainable,
+    trainable: keras.Model,
     train_views: np.ndarray,
     train_labels: np.ndarray,
     val_x: np.ndarray,
@@ -240,41 +256,54 @@ def fit_stage(
     args: argparse.Namespace,
     run_dir: Path,
 ) -> dict[str, list[float]]:
-    """Train one stage with per-epoch checkpoints, resume and early stopping; keep the best."""
+    """Train one stage with per-epoch checkpoints, resume and early stopping; keep the best.
+
+    Returns the stage's per-epoch metrics, epochs from before an interruption included.
+    """
     best = run_dir / f"{stage}_best.weights.h5"
-    done = run_dir / f"{stage}_history.json"
+    log = run_dir / f"{stage}_log.csv"
+    backup = run_dir / "checkpoints" / stage
+    done = run_dir / f"{stage}.done"
     if args.resume and done.exists() and best.exists():
         print(f"{stage}: already finished, loading its best weights")
         trainable.load_weights(best)
-        return json.loads(done.read_text())
-    num_classes = int(trainable.output_shape[-1])
+        return read_log(log)
+    if not args.resume:  # a fresh run never picks up a stale checkpoint from the same folder
+        shutil.rmtree(backup, ignore_errors=True)
+        log.unlink(missing_ok=True)
+    best_so_far = max(read_log(log).get("val_accuracy", []), default=None)
+    ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
     trainable.compile(
-        optimizer=keras.optimizers.AdamW(lr, weight_decay=args.weight_decay),
+        optimizer=keras.optimizers.AdamW(lr, weight_decay=args.weight_decay, **ema),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
-    one_hot = np.eye(num_classes, dtype="float32")
+    one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
     views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
-    history = trainable.fit(
+    # With EMA, validation and the best checkpoint use the averaged weights.
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []
+    trainable.fit(
         views,
         validation_data=(np.asarray(val_x, dtype="float32"), one_hot[val_labels]),
         epochs=epochs,
         callbacks=[
-            keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / stage)),
+            keras.callbacks.BackupAndRestore(str(backup)),
+            *swap,
             keras.callbacks.ModelCheckpoint(
                 str(best),
                 monitor="val_accuracy",
                 save_best_only=True,
                 save_weights_only=True,
+                initial_value_threshold=best_so_far,
             ),
+            keras.callbacks.CSVLogger(str(log), append=True),
             keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience),
         ],
         verbose="auto" if sys.stdout.isatty() else 2,
     )
     trainable.load_weights(best)
-    record = {k: [float(v) for v in vs] for k, vs in history.history.items()}
-    done.write_text(json.dumps(record))
-    return record
+    done.touch()
+    return read_log(log)
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -397,9 +426,13 @@ def run(args: argparse.Namespace) -> Path:
     # Stage 1: the head alone, on pooled features (the top, still frozen, is run once here).
     t0 = time.time()
     if top is not None:
-        pooled = lambda acts: np.asarray(top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0))  # noqa: E731
-        train_feats = np.stack([pooled(view) for view in train_acts])
-        val_feats = pooled(val_acts)
+
+        def pooled(acts: np.ndarray) -> np.ndarray:
+            return np.asarray(top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0))
+
+        all_views = lambda: np.stack([pooled(view) for view in train_acts])
+        train_feats = cached(cache / "train_feats.npy", key, all_views)
+        val_feats = cached(cache / "val_feats.npy", key, lambda: pooled(val_acts))
     else:
         train_feats, val_feats = train_acts, val_acts
     stage1 = head_model(train_feats.shape[2:], model)

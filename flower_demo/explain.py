@@ -1,0 +1,154 @@
+"""Why the model says what it says: Grad-CAM heatmaps and their overlay on the photo.
+
+    from flower_demo.explain import gradcam, overlay
+    heat = gradcam("photo.jpg", classifier)        # (size, size) floats in 0..1
+    overlay("photo.jpg", heat).save("why.png")
+
+Grad-CAM (Selvaraju et al., 2017) weights each channel of the backbone's last convolutional
+feature map (`BACKBONES[name].feature_map`, "out_relu" for MobileNetV2) by the mean gradient of the
+class score over it, sums the channels and keeps the positive part. The class score is the head's
+logit (the classifier Dense before its softmax). The graph is built from the nested backbone:
+features up to the feature map, then the rest of the backbone (its global average pooling), then
+the head; it is traced once per model and reused.
+
+This module owns that graph, the colour map and the blending; it needs the Keras model (a TFLite
+file has no gradients).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from flower_demo import models
+from flower_demo.errors import FlowerDemoError
+from flower_demo.images import ImageLike, load_rgb, square_uint8
+
+ALPHA = 0.45  # weight of the heatmap colours in the blend
+MAX_OVERLAY_SIDE = 512  # the overlay keeps the photo's own detail up to this many pixels
+# A "jet"-like colour map: cold (blue) where the class score does not depend on the pixels, hot
+# (red) where it does. (position, (r, g, b)) anchors, interpolated linearly.
+COLORMAP = (
+    (0.0, (0, 0, 128)),
+    (0.125, (0, 0, 255)),
+    (0.375, (0, 255, 255)),
+    (0.625, (255, 255, 0)),
+    (0.875, (255, 0, 0)),
+    (1.0, (128, 0, 0)),
+)
+
+_GRADCAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _gradcam_graph(model, backbone_name: str) -> Callable:
+    """A traced function (pixels (1, s, s, 3), class index or -1) -> (feature-map CAM, class index)."""
+    if model in _GRADCAM:
+        return _GRADCAM[model]
+    import keras
+    import tensorflow as tf
+
+    if backbone_name not in models.BACKBONES:
+        raise FlowerDemoError(f"Grad-CAM needs a keras.applications backbone, not {backbone_name!r}")
+    backbone = models.backbone_of(model)
+    feature_map = backbone.get_layer(models.BACKBONES[backbone_name].feature_map).output
+    to_features = keras.Model(backbone.input, feature_map, name="to_feature_map")
+    to_pooled = keras.Model(feature_map, backbone.output, name="feature_map_to_pooled")
+    preprocess = model.get_layer("preprocess")
+    dropout, classifier = models.head_of(model)
+    size = int(model.input_shape[1])
+
+    def run(pixels, class_index):
+        features = tf.cast(to_features(preprocess(pixels), training=False), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            pooled = dropout(to_pooled(features, training=False), training=False)
+            logits = tf.matmul(pooled, classifier.kernel) + classifier.bias  # before the softmax
+            index = tf.where(class_index < 0, tf.argmax(logits[0], output_type=tf.int32), class_index)
+            score = logits[0, index]
+        grads = tape.gradient(score, features)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel
+        cam = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
+        return cam, index
+
+    _GRADCAM[model] = tf.function(
+        run,
+        input_signature=[
+            tf.TensorSpec((1, size, size, 3), tf.float32),
+            tf.TensorSpec((), tf.int32),
+        ],
+        autograph=False,
+    )
+    return _GRADCAM[model]
+
+
+def gradcam(image: ImageLike, classifier=None, class_index: int | None = None) -> np.ndarray:
+    """Grad-CAM heatmap of `image` for one class: (size, size) float32 in 0..1, 1 = most important.
+
+    It covers the centre square the model sees (`process_image(image)`), at the model's input size.
+    `classifier`: a `flower_demo.predict.Classifier`, a model folder, or None for the shipped model.
+    `class_index`: 0-based index into the class names (a Prediction's class id minus 1); by
+    default the predicted class. A map with no positive evidence is all zeros.
+    """
+    import tensorflow as tf
+
+    from flower_demo.predict import _classifier
+
+    classifier = _classifier(classifier)
+    if classifier.model is None:
+        raise FlowerDemoError("Grad-CAM needs the Keras model (model.keras), not an exported TFLite file")
+    if class_index is not None and (
+        not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < classifier.num_classes
+    ):
+        raise FlowerDemoError(
+            f"class_index must be an integer from 0 to {classifier.num_classes - 1}, got {class_index!r}"
+        )
+    size = classifier.image_size
+    pixels = square_uint8(image, size)[None].astype(np.float32)
+    run = _gradcam_graph(classifier.model, str(classifier.metadata["backbone"]))
+    cam, _ = run(tf.constant(pixels), tf.constant(-1 if class_index is None else int(class_index), tf.int32))
+    heatmap = tf.image.resize(cam[None, :, :, None], (size, size), method="bilinear")[0, :, :, 0].numpy()
+    top = float(heatmap.max())
+    return (heatmap / top if top > 0 else np.zeros_like(heatmap)).astype(np.float32)
+
+
+def colorize(heatmap: np.ndarray) -> np.ndarray:
+    """(h, w) values in 0..1 -> (h, w, 3) uint8 colours of COLORMAP."""
+    values = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    positions = [p for p, _ in COLORMAP]
+    channels = [np.interp(values, positions, [c[i] for _, c in COLORMAP]) for i in range(3)]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def overlay(image: ImageLike, heatmap: np.ndarray, alpha: float = ALPHA) -> Image.Image:
+    """The heatmap's colours blended over the centre square of `image` (the part the model sees).
+
+    The photo keeps its own resolution up to MAX_OVERLAY_SIDE pixels (never below the heatmap's);
+    the heatmap is stretched to it.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2 or heatmap.shape[0] != heatmap.shape[1]:
+        raise FlowerDemoError(f"heatmap must be a square (size, size) array, got shape {heatmap.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise FlowerDemoError(f"alpha must be in 0..1, got {alpha}")
+    photo = load_rgb(image)
+    side = max(heatmap.shape[0], min(min(photo.size), MAX_OVERLAY_SIDE))
+    photo = ImageOps.fit(photo, (side, side), method=Image.Resampling.BICUBIC)
+    heat = Image.fromarray(heatmap).resize((side, side), Image.Resampling.BILINEAR)
+    colours = Image.fromarray(colorize(np.asarray(heat)))
+    return Image.blend(photo, colours, alpha)
+
+
+def save_overlay(
+    image: ImageLike, out: str | os.PathLike, classifier=None, class_index: int | None = None
+) -> os.PathLike | str:
+    """Grad-CAM of `image` blended over it, written to `out` (any format Pillow writes)."""
+    heatmap = gradcam(image, classifier, class_index)
+    try:
+        overlay(image, heatmap).save(out)
+    except (OSError, ValueError) as exc:  # unwritable folder, unknown extension
+        raise FlowerDemoError(f"cannot write {out}: {exc}") from None
+    return out

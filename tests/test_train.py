@@ -1,0 +1,205 @@
+"""Training end to end on a tiny class-per-folder dataset: run folder, reload, predict, resume,
+and what stage 2 may and may not change in the backbone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from helpers import make_class_tree
+from PIL import Image
+
+from flower_demo import models, train
+from flower_demo.predict import Classifier, predict
+
+COLOURS = {"sun_flower": (240, 220, 30), "blue?bell": (30, 60, 220), "red rose": (220, 30, 40)}
+NAMES = ["bluebell", "red rose", "sun flower"]  # sorted by folder name, cleaned
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory) -> Path:
+    return make_class_tree(tmp_path_factory.mktemp("data") / "flowers", COLOURS, per_class=6, size=40)
+
+
+def train_args(tree: Path, weights: Path, run_dir: Path, stage1: int, stage2: int, views: int = 2):
+    return [
+        "--image-folder", str(tree), "--backbone", "mobilenet_v2", "--weights", str(weights),
+        "--image-size", str(SIZE), "--views", str(views), "--batch-size", "8",
+        "--stage1-epochs", str(stage1), "--stage2-epochs", str(stage2), "--run-dir", str(run_dir),
+    ]  # fmt: skip
+
+
+def shipped_state() -> dict[str, tuple[int, int]]:
+    """Size and modification time of everything `--ship` would write."""
+    paths = [*sorted(models.SHIPPED_MODEL_DIR.glob("*")), models.SHIPPED_LABEL_MAP]
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, image_tree, mobilenet_weights):
+    """One two-stage run, 2 + 2 epochs; returns (exit code, run folder, printed output)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    before = shipped_state()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = train.main(train_args(image_tree, mobilenet_weights, run_dir, 2, 2))
+    assert shipped_state() == before, "training without --ship modified weights/ or label_map.json"
+    return code, run_dir, out.getvalue()
+
+
+def test_run_folder(trained_run, image_tree, mobilenet_weights):
+    code, run_dir, output = trained_run
+    assert code == 0, output
+    for name in ("model.keras", "metadata.json", "history.json", "curves.png", "settings.json"):
+        assert (run_dir / name).is_file(), name
+    assert Image.open(run_dir / "curves.png").format == "PNG"
+
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["class_names"] == NAMES
+    assert metadata["image_size"] == SIZE and metadata["backbone"] == "mobilenet_v2"
+    assert metadata["backbone_weights"] == str(mobilenet_weights)
+    assert metadata["data"]["train_size"] == 15 and metadata["data"]["validation_size"] == 3
+    assert set(metadata["metrics"]) == {"validation_top1", "validation_top5"}
+    assert all(0.0 <= v <= 1.0 for v in metadata["metrics"].values())
+    assert metadata["training"]["stage1_epochs"] == 2 and metadata["training"]["stage2_epochs"] == 2
+
+    history = json.loads((run_dir / "history.json").read_text())
+    assert set(history) == {"stage1", "stage2"}
+    for record in history.values():
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert len(record[key]) == 2 and all(np.isfinite(record[key]))
+    assert "stage 2: fine-tuning" in output
+
+
+def test_trained_model_reloads_and_predicts(trained_run, image_tree):
+    from flower_demo import data
+    from flower_demo.evaluate import evaluate_model
+
+    _, run_dir, _ = trained_run
+    classifier = Classifier(run_dir)
+    assert classifier.class_names == NAMES and classifier.image_size == SIZE
+    image = next((image_tree / "red rose").glob("*.png"))
+    prediction = predict(image, model=classifier, top_k=3)
+    assert sorted(prediction.class_names) == NAMES
+    assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
+
+    # the saved model is the one that was measured: same validation split, same accuracy
+    _, val = data.load_image_folder(image_tree, 0.2, seed=0)
+    metrics = evaluate_model(classifier.model, val.items, val.labels)
+    saved = json.loads((run_dir / "metadata.json").read_text())["metrics"]
+    assert metrics["top1"] == pytest.approx(saved["validation_top1"])
+
+
+def test_stage2_keeps_batchnorm_and_tunes_the_top(trained_run, mobilenet_weights):
+    """BatchNorm stays frozen (weights and moving statistics) through fine-tuning; the convolutions
+    above the cut change; those below it do not."""
+    _, run_dir, _ = trained_run
+    model, _ = models.load_model(run_dir)
+    tuned = models.backbone_of(model)
+    start = models.create_backbone("mobilenet_v2", SIZE, str(mobilenet_weights))  # what training began with
+    cut = [layer.name for layer in tuned.layers].index(models.BACKBONES["mobilenet_v2"].fine_tune_from)
+
+    norms = [layer for layer in tuned.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 52
+    for layer in norms:
+        for got, initial in zip(layer.weights, start.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(initial), err_msg=got.path)
+    assert np.abs(np.asarray(norms[-1].moving_variance) - 1).max() > 0.01  # calibrated, not default
+
+    convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+    below = [layer for layer in tuned.layers[:cut] if isinstance(layer, convs)]
+    above = [layer for layer in tuned.layers[cut:] if isinstance(layer, convs)]
+    assert below and above
+    initial = {layer.name: np.asarray(start.get_layer(layer.name).kernel) for layer in below + above}
+    for layer in below:
+        np.testing.assert_array_equal(np.asarray(layer.kernel), initial[layer.name])
+    changes = {layer.name: np.abs(np.asarray(layer.kernel) - initial[layer.name]).max() for layer in above}
+    # AdamW's weight decay alone moves a kernel by ~lr * 1e-4 * |w| < 1e-8; gradient steps by ~lr = 1e-4
+    assert min(changes.values()) > 1e-5, changes
+
+
+def test_resume_needs_an_existing_run_dir(tmp_path, image_tree, mobilenet_weights, capsys):
+    args = train_args(image_tree, mobilenet_weights, tmp_path / "absent", 1, 1)
+    assert train.main([*args, "--resume"]) == 1
+    assert "error: --resume needs --run-dir" in capsys.readouterr().err
+    without_run_dir = args[: args.index("--run-dir")]
+    assert train.main([*without_run_dir, "--resume"]) == 1
+    assert "error: --resume needs --run-dir" in capsys.readouterr().err
+    assert not (tmp_path / "absent").exists()
+
+
+def test_run_dir_must_not_be_weights(image_tree, mobilenet_weights, capsys):
+    before = shipped_state()
+    args = train_args(image_tree, mobilenet_weights, models.SHIPPED_MODEL_DIR, 1, 1)
+    assert train.main(args) == 1
+    assert "must not be weights/" in capsys.readouterr().err
+    assert shipped_state() == before
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, image_tree, mobilenet_weights):
+    """A run that crashes after stage 2's first epoch (of 3), then the same command with --resume.
+
+    Returns (run folder, output of the first run, output of the resumed run, cache mtimes of both).
+    """
+    run_dir = tmp_path_factory.mktemp("runs") / "crashed"
+    args = train_args(image_tree, mobilenet_weights, run_dir, 1, 3, views=1)
+    real_early_stopping = keras.callbacks.EarlyStopping
+
+    class CrashInStage2(real_early_stopping):  # train.fit_stage creates one per stage
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if len(self.model.input_shape) == 4:  # stage 2 trains on cached activation maps
+                raise SimulatedCrash(f"after epoch {epoch + 1}")
+
+    first = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(first):
+        patch.setattr(keras.callbacks, "EarlyStopping", CrashInStage2)
+        with pytest.raises(SimulatedCrash, match="after epoch 1"):
+            train.main(args)
+    state = {
+        "stage1_done": (run_dir / "stage1.done").is_file(),
+        "stage2_done": (run_dir / "stage2.done").is_file(),
+        "model": (run_dir / "model.keras").exists(),
+        "backup": sorted(p.name for p in (run_dir / "checkpoints" / "stage2").glob("*")),
+        "cache": {p.name: p.stat().st_mtime_ns for p in (run_dir / "cache").glob("*.npy")},
+    }
+    second = io.StringIO()
+    with contextlib.redirect_stdout(second):
+        code = train.main([*args, "--resume"])
+    assert code == 0, second.getvalue()
+    state["cache_after"] = {p.name: p.stat().st_mtime_ns for p in (run_dir / "cache").glob("*.npy")}
+    return run_dir, first.getvalue(), second.getvalue(), state
+
+
+def test_resume_after_a_crash(resumed_run):
+    run_dir, first, second, state = resumed_run
+    # the crash left stage 1 finished, stage 2 backed up after its first epoch, no model
+    assert state["stage1_done"] and not state["stage2_done"] and not state["model"]
+    assert state["backup"], "BackupAndRestore left no backup of the interrupted stage"
+    assert "Epoch 1/3" in first and "Epoch 2/3" not in first
+
+    assert "stage1: already finished, loading its best weights" in second
+    assert "Epoch 1/3" not in second  # stage 2 continues where it stopped ...
+    assert "Epoch 2/3" in second and "Epoch 3/3" in second  # ... up to its epoch count
+    assert state["cache_after"] == state["cache"]  # decoded images and activations were reused
+    assert (run_dir / "model.keras").is_file()
+    assert not any((run_dir / "checkpoints" / "stage2").glob("*"))  # a finished stage drops its backup
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["stage1"]["loss"]) == 1
+
+
+def test_resumed_history_keeps_epochs_before_the_crash(resumed_run):
+    run_dir, _, _, _ = resumed_run
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["stage2"]["loss"]) == 3
