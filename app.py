@@ -1,7 +1,9 @@
 """The Gradio web app: a flower photo beside a chart of the model's top-5 species.
 
 This file owns the page and its one API endpoint (`/predict`), nothing else: decoding images,
-running the model and naming classes all happen in `flower_demo` (images.py, predict.py).
+running the model, naming classes, rejecting what is none of them (calibrate.py) and Grad-CAM
+(explain.py) all happen in `flower_demo`. The "Explain (Grad-CAM)" box is off by default; the
+overlay it shows is a private event, computed only while the box is ticked.
 Laid out as a Hugging Face Space: `demo` is built at import, and `python app.py` serves it on
 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
 
@@ -18,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from flower_demo.errors import FlowerDemoError
+from flower_demo.explain import gradcam, overlay
 from flower_demo.predict import Classifier, Prediction, predict
 
 TOP_K = 5
@@ -26,6 +29,7 @@ TOP_K = 5
 # photos), those below only 54%. Label smoothing keeps even right answers' probabilities modest.
 LOW_CONFIDENCE = 0.3
 CONCURRENCY_LIMIT = 2  # predictions run at once; the classifier's tf.function is thread-safe
+EXPLAIN_CONCURRENCY = 1  # Grad-CAMs at once, in their own queue so they never hold up `/predict`
 EXAMPLES_DIR = Path(__file__).resolve().parent / "tests" / "fixtures" / "flowers"
 DATASET_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 PROMPT = "Upload a photo of a flower, take one with the webcam, or pick an example below."
@@ -54,8 +58,15 @@ class FlowerPhoto(gr.Image):
 
 
 def verdict(prediction: Prediction) -> str:
-    """The top-1 answer in words; a weak one is called a guess, never stated as fact."""
+    """The top-1 answer in words; a weak one is called a guess, never stated as fact, and a photo
+    the calibration rejects is said to be none of the species."""
     name, probability = prediction.top1
+    if not prediction.is_known:
+        return (
+            f"**This does not look like one of the {len(CLASSIFIER.class_names)} species I know.** "
+            f"The closest is *{name}*, at {probability:.0%}, too low to trust: the photo may show "
+            "something other than a flower, another plant, several flowers, or a hard view."
+        )
     if probability < LOW_CONFIDENCE:
         return (
             f"**Not sure.** The closest match is *{name}*, but only at {probability:.0%}, which is "
@@ -79,6 +90,20 @@ def classify(image: str | None) -> tuple[dict[str, float] | None, str]:
     return confidences, verdict(prediction)
 
 
+def explain(image: str | None, wanted: bool) -> dict[str, Any]:
+    """The Grad-CAM overlay of the top-1 species while the box is ticked; hidden otherwise.
+
+    Nothing is computed while the box is off. A file that cannot be read is `/predict`'s to
+    report, so here it only hides the overlay.
+    """
+    if not wanted or image is None:
+        return gr.update(value=None, visible=False)
+    try:
+        return gr.update(value=overlay(image, gradcam(image, CLASSIFIER)), visible=True)
+    except FlowerDemoError:
+        return gr.update(value=None, visible=False)
+
+
 def about(metadata: dict[str, Any], class_names: list[str]) -> str:
     """What the model knows, how well it did on held-out photos, and what it cannot do."""
     metrics = metadata.get("metrics", {})
@@ -91,15 +116,27 @@ def about(metadata: dict[str, Any], class_names: list[str]) -> str:
         accuracy += "."
     else:
         accuracy = "No validation accuracy was recorded for this model."
+    report = metadata.get("calibration", {}).get("report", {})
+    if "kept_flowers" in report and "non_flowers" in report:
+        limits = (
+            "it only knows these species. When a photo looks like none of them the verdict says so, "
+            f"but that check is rough: it let through {report['kept_flowers']:.0%} of the validation "
+            f"flowers and turned away {report['non_flowers_rejected']} of {report['non_flowers']} test "
+            "photos of other things. A flower it has never seen can still get the name of a look-alike."
+        )
+    else:
+        limits = (
+            "it only knows these species and always answers with one of them, so a flower it "
+            "has never seen gets the name of a look-alike (the verdict says so when it is unsure)."
+        )
     return f"""## About
 **What it knows:** the {len(class_names)} flower species of the
 [Oxford Flowers-102]({DATASET_URL}) data set (list below), learnt by fine-tuning
 {metadata["backbone"]} at {metadata["image_size"]} px. {accuracy}
 
-**Limits:** it only knows these species and always answers with one of them, so a flower it
-has never seen gets the name of a look-alike (the verdict says so when it is unsure). Photos of a
-single flower, filling the frame, work best. It is a demo, **not a plant-safety tool**: never
-use it to decide whether a plant is edible, poisonous or safe for pets.
+**Limits:** {limits} Photos of a single flower, filling the frame, work best. It is a demo,
+**not a plant-safety tool**: never use it to decide whether a plant is edible, poisonous or safe
+for pets.
 """
 
 
@@ -117,6 +154,20 @@ def build_demo() -> gr.Blocks:
             with gr.Column():
                 chart = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} species")
                 answer = gr.Markdown(PROMPT, label="Verdict")
+                explain_box = gr.Checkbox(
+                    value=False,
+                    label="Explain (Grad-CAM)",
+                    info="Colour the parts of the photo the top answer rests on (red: most).",
+                    visible=CLASSIFIER.model is not None,  # an exported .tflite model has no gradients
+                )
+                heatmap = gr.Image(
+                    label="Grad-CAM of the top species",
+                    type="pil",
+                    interactive=False,
+                    visible=False,
+                    height=300,
+                    elem_id="gradcam",
+                )
         # `input` fires once per upload, webcam shot, paste or clear; `change` fires twice when
         # a photo replaces another (Gradio 6), and would classify it, or report its error, twice.
         image.input(
@@ -124,6 +175,17 @@ def build_demo() -> gr.Blocks:
             inputs=image,
             outputs=[chart, answer],
             api_name="predict",
+            show_progress="minimal",
+        )
+        # `change` (unlike `input`) also fires when an example is loaded; the box starts it too.
+        gr.on(
+            triggers=[image.change, explain_box.change],
+            fn=explain,
+            inputs=[image, explain_box],
+            outputs=heatmap,
+            api_visibility="private",  # `/predict` stays the one endpoint
+            concurrency_id="explain",
+            concurrency_limit=EXPLAIN_CONCURRENCY,
             show_progress="minimal",
         )
         gr.Examples(

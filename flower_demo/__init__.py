@@ -7,6 +7,9 @@ Where things live:
 - train.py    two-stage training (python -m flower_demo.train)
 - evaluate.py accuracy on a split (python -m flower_demo.evaluate)
 - predict.py  the prediction API and command line (python -m flower_demo.predict)
+- explain.py  Grad-CAM heatmaps and their overlay on the photo (flower_demo.explain.gradcam)
+- calibrate.py temperature scaling and the "not one of the classes" rule (python -m flower_demo.calibrate)
+- export.py   TensorFlow Lite export for phones, and running the exported file (python -m flower_demo.export)
 - bench.py    speed and memory figures (python -m flower_demo.bench)
 """
 

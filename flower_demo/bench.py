@@ -235,13 +235,25 @@ def bench_inference(classifier: Any, photos: list[Path], repeats: int, eval_imag
 # --- training --------------------------------------------------------------------------------
 
 
-def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) -> dict[str, Any]:
+def check_cut(backbone: str, size: int, cut: str) -> None:
+    """Raise FlowerDemoError unless `cut` names a layer of the backbone."""
+    if backbone.startswith(models.HUB_PREFIX):
+        return
+    names = {layer.name for layer in models.create_backbone(backbone, size, weights=None).layers}
+    if cut not in names:
+        raise FlowerDemoError(f"{backbone} has no layer {cut!r} to cut at (--train-cut)")
+
+
+def bench_training(
+    metadata: dict[str, Any], photos: list[Path], n_images: int, cut: str | None = None
+) -> dict[str, Any]:
     """Seconds per epoch of both training stages on `n_images` fixture photos, as train.py runs them.
 
     Same pieces as train.run: create_model (random weights: the figures do not depend on them),
-    split_model at the registry's cut, activations cached through the bottom (view 0 plain,
+    split_model at `cut` (default: the registry's), activations cached through the bottom (view 0 plain,
     others augmented), pooled features through the frozen top for stage 1, RandomViews batches,
-    and fit_stage's optimizer, loss and metrics. Not included: validation and checkpoint writing.
+    and fit_stage's optimizer, loss and metrics; mixed precision on a GPU. Not included: validation
+    and checkpoint writing.
     """
     import keras
     import tensorflow as tf
@@ -255,8 +267,13 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     if backbone.startswith(models.HUB_PREFIX):
         return {"skipped": f"backbone {backbone} is a TF-Hub module; training is timed for registry ones"}
     keras.utils.set_random_seed(defaults.seed)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:  # as train.run does
+        keras.mixed_precision.set_global_policy("mixed_float16")
     model = models.create_model(backbone, num_classes, size, None, defaults.dropout)
-    cut = models.BACKBONES[backbone].fine_tune_from
+    registry_cut = models.BACKBONES[backbone].fine_tune_from
+    cut = cut or registry_cut
+    trained_from = metadata.get("training", {}).get("fine_tune_from") or registry_cut
     bottom, top = train.split_model(model, backbone, cut)
 
     log(f"training: decoding {n_images} images at {size}px, caching {TRAIN_VIEWS} views of activations")
@@ -264,8 +281,10 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     images = decoded[np.arange(n_images) % len(decoded)]
     labels = np.arange(n_images) % num_classes
     augmenter = data.make_augmenter(defaults.seed)
-    plain_step = tf.function(lambda b: bottom(b, training=False))
-    augmented_step = tf.function(lambda b: bottom(augmenter(b, training=True), training=False))
+    plain_step = tf.function(lambda b: bottom(b, training=False), autograph=False)
+    augmented_step = tf.function(
+        lambda b: bottom(augmenter(b, training=True), training=False), autograph=False
+    )
 
     def cache_views() -> np.ndarray:
         out = np.empty((TRAIN_VIEWS, n_images, *bottom.output_shape[1:]), dtype="float16")
@@ -289,14 +308,16 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     )
     pool_s = time.perf_counter() - start
 
+    ema = {"use_ema": True, "ema_momentum": defaults.ema} if defaults.ema else {}
+
     def epoch_seconds(trainable: Any, views: np.ndarray, lr: float) -> float:
         trainable.compile(
-            optimizer=keras.optimizers.AdamW(lr, weight_decay=defaults.weight_decay),
+            optimizer=keras.optimizers.AdamW(lr, weight_decay=defaults.weight_decay, **ema),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=defaults.label_smoothing),
             metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
         )
         one_hot = np.eye(num_classes, dtype="float32")[labels]
-        batches = train.RandomViews(views, one_hot, defaults.batch_size, defaults.seed)
+        batches = train.RandomViews(views, one_hot, defaults.batch_size, defaults.seed, defaults.mixup)
         times: list[float] = []
         timer = keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()),
@@ -310,13 +331,19 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     fine_tuned = train.unfreeze(top)
     stage2_s = epoch_seconds(train.head_model(acts.shape[2:], model, top), acts, defaults.stage2_lr)
 
-    per_image = lambda seconds, n: round(seconds / n * 1000, 3)  # noqa: E731
+    keras.mixed_precision.set_global_policy("float32")
+
+    def per_image(seconds: float, n: int) -> float:
+        return round(seconds / n * 1000, 3)
+
     return {
         "images": n_images,
         "image_size": size,
         "batch_size": defaults.batch_size,
         "cut": cut,
-        "stage2_trainable_weights": fine_tuned,
+        "model_trained_from": trained_from,
+        "mixed_precision": gpu,
+        "stage2_trainable_params": fine_tuned,
         "cache_s_per_view": round(cache_s / TRAIN_VIEWS, 3),
         "cache_ms_per_image_view": per_image(cache_s, TRAIN_VIEWS * n_images),
         "pool_ms_per_image_view": per_image(pool_s, TRAIN_VIEWS * n_images),
@@ -520,6 +547,7 @@ def format_table(results: dict[str, Any]) -> str:
     t = results.get("training", {})
     if "stage1_s_per_epoch" in t:
         n_img = f"{t['images']} images, {t['image_size']} px"
+        row(f"train: cut at {t['cut']} (model trained from {t['model_trained_from']})", "")
         row("train: cache activations (bottom)", f"{t['cache_ms_per_image_view']:.2f} ms per image-view")
         row(
             f"train: stage 1 epoch ({n_img})",
@@ -550,6 +578,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per latency figure")
     p.add_argument("--eval-images", type=int, default=EVAL_IMAGES, help="images per throughput round")
     p.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="size of the training subset")
+    p.add_argument(
+        "--train-cut",
+        metavar="LAYER",
+        help="backbone layer whose output feeds the part stage 2 trains (default: the registry's)",
+    )
     p.add_argument("--images", default=str(FIXTURE_IMAGES), help="folder of JPEG photos to use")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--skip-app", action="store_true", help="do not measure the app's cold start")
@@ -567,11 +600,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     photos = [p for p in list_images(args.images) if p.suffix.lower() in (".jpg", ".jpeg")]
     if not photos:
         raise FlowerDemoError(f"no JPEG photos in {args.images}")
+    if Path(args.model).suffix == ".tflite":
+        raise FlowerDemoError("the bench measures Keras models: give the model folder, not a .tflite export")
     model_dir = Path(args.model).resolve()
     if model_dir.suffix == ".keras":
         model_dir = model_dir.parent
     classifier = Classifier(model_dir)
     meta = classifier.metadata
+    if args.train_cut and not args.skip_train:  # fail now, not after the inference figures
+        check_cut(str(meta["backbone"]), classifier.image_size, args.train_cut)
     results: dict[str, Any] = {
         "machine": machine_info(),
         "model": {
@@ -593,7 +630,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     del classifier
     gc.collect()
     results["training"] = (
-        {"skipped": "--skip-train"} if args.skip_train else bench_training(meta, photos, args.train_images)
+        {"skipped": "--skip-train"}
+        if args.skip_train
+        else bench_training(meta, photos, args.train_images, args.train_cut)
     )
     results["app"] = {"skipped": "--skip-app"} if args.skip_app else bench_app(model_dir, photos[0])
     after = load_average()

@@ -27,6 +27,7 @@ import json
 import math
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,29 +231,38 @@ def known_flower_photos() -> dict[str, np.ndarray]:
     return {key: load_sample_image(key.split(":", 1)[1]) for key in KNOWN_FLOWER_PHOTOS}
 
 
+_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def logits_and_probabilities(
     model: Any, items: list[Any], batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits, probabilities) for images (paths or arrays): logits from the pooled features and the
     classifier's own kernel and bias, probabilities as the model returns them (one pass)."""
     import keras
-    import tensorflow as tf
 
     from flower_demo.data import iter_decoded
 
     classifier = model.get_layer("classifier")
-    both = keras.Model(model.input, [classifier.input, model.output])
     size = int(model.input_shape[1])
-    run = tf.function(
-        lambda x: both(x, training=False),
-        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
-        autograph=False,
-    )
+    if model not in _LOGITS:
+        import tensorflow as tf
+
+        both = keras.Model(model.input, [classifier.input, model.output])
+        _LOGITS[model] = (
+            tf.function(
+                lambda x: both(x, training=False),
+                input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
+                autograph=False,
+            )
+            if keras.config.backend() == "tensorflow"
+            else both.predict_on_batch
+        )
     kernel = np.asarray(classifier.kernel, dtype=np.float64)
     bias = np.asarray(classifier.bias, dtype=np.float64)
     logits, probs = [], []
     for batch in iter_decoded(items, size, batch_size):
-        features, p = run(batch.astype(np.float32))
+        features, p = _LOGITS[model](batch.astype(np.float32))
         logits.append(np.asarray(features, dtype=np.float64) @ kernel + bias)
         probs.append(np.asarray(p))
     return np.concatenate(logits), np.concatenate(probs)
@@ -296,17 +306,17 @@ def calibrate(
     others = non_flower_photos()
     other_logits, other_probs = logits_and_probabilities(model, list(others.values()))
     known = known_flower_photos()
-    known_logits, known_probs = logits_and_probabilities(model, list(known.values()))
+    _, known_probs = logits_and_probabilities(model, list(known.values()))
     log(f"forward passes: {time.perf_counter() - started:.0f} s")
 
     temperature = fit_temperature(probs, labels)
     calibrated = apply_temperature(probs, temperature)
     other_calibrated = apply_temperature(other_probs, temperature)
     scores = {
-        "max_softmax (T=1)": (probs.max(axis=1), other_probs.max(axis=1)),
-        f"max_softmax (T={temperature:.3f})": (calibrated.max(axis=1), other_calibrated.max(axis=1)),
-        "energy (T=1)": (energy_score(logits), energy_score(other_logits)),
-        f"energy (T={temperature:.3f})": (
+        "max_softmax, T=1": (probs.max(axis=1), other_probs.max(axis=1)),
+        "max_softmax, fitted T": (calibrated.max(axis=1), other_calibrated.max(axis=1)),
+        "energy, T=1": (energy_score(logits), energy_score(other_logits)),
+        "energy, fitted T": (
             energy_score(logits, temperature),
             energy_score(other_logits, temperature),
         ),
@@ -336,6 +346,9 @@ def calibrate(
             "top1_of_rejected": float(top1[~flowers_known].mean()) if (~flowers_known).any() else None,
             "non_flowers": int(len(others)),
             "non_flowers_rejected": int((~others_known).sum()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+        "details": {  # printed, not stored
             "non_flower_scores": {
                 name: {
                     "score": float(other_calibrated[i].max()),
@@ -353,7 +366,6 @@ def calibrate(
                 }
                 for i, name in enumerate(known)
             },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     }
 
@@ -375,10 +387,11 @@ def format_report(result: dict[str, Any]) -> str:
         + (f"{r['top1_of_rejected']:.1%}" if r["top1_of_rejected"] is not None else "-"),
         f"  non-flower photos rejected: {r['non_flowers_rejected']} of {r['non_flowers']}",
     ]
-    for name, s in sorted(r["non_flower_scores"].items(), key=lambda t: t[1]["score"]):
+    details = result.get("details", {})
+    for name, s in sorted(details.get("non_flower_scores", {}).items(), key=lambda t: t[1]["score"]):
         verdict = "rejected" if s["rejected"] else "ACCEPTED"
         lines.append(f"    {s['score']:.3f}  {verdict:<8}  {name}  (top-1 {s['top1']})")
-    for name, s in r["known_flower_photos"].items():
+    for name, s in details.get("known_flower_photos", {}).items():
         verdict = "rejected" if s["rejected"] else "accepted"
         lines.append(
             f"  {name} ({s['species']}, one of the classes): "
@@ -388,10 +401,11 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def write_calibration(model_path: str | Path, result: dict[str, Any]) -> Path:
-    """Store `result` under "calibration" in the model's metadata.json, leaving the rest as it is."""
+    """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
+    leaving the rest as it is."""
     path = models.metadata_path(model_path)
     metadata = models.read_metadata(model_path)
-    metadata[CALIBRATION_KEY] = result
+    metadata[CALIBRATION_KEY] = {key: value for key, value in result.items() if key != "details"}
     read_calibration(metadata)  # refuse to write something prediction would reject
     path.write_text(json.dumps(metadata, indent=2) + "\n")
     return path

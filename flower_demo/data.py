@@ -44,9 +44,17 @@ def clean_class_name(name: str) -> str:
 
 
 def oxford_class_names() -> list[str]:
-    """The 102 names, from tensorflow_datasets' builder metadata (no download needed)."""
-    import tensorflow_datasets as tfds
+    """The 102 names, from tensorflow_datasets' builder metadata (no download needed).
 
+    Where tensorflow_datasets cannot be installed (a GPU box with JAX only, say), the same names
+    come from the repository's label_map.json.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        from flower_demo.models import SHIPPED_LABEL_MAP, load_label_map
+
+        return load_label_map(SHIPPED_LABEL_MAP, 102)
     names = tfds.builder("oxford_flowers102").info.features["label"].names
     return [clean_class_name(n) for n in names]
 

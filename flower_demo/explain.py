@@ -51,6 +51,8 @@ def _gradcam_graph(model, backbone_name: str) -> Callable:
     import keras
     import tensorflow as tf
 
+    if keras.config.backend() != "tensorflow":
+        raise FlowerDemoError(f"Grad-CAM needs Keras' TensorFlow backend, not {keras.config.backend()!r}")
     if backbone_name not in models.BACKBONES:
         raise FlowerDemoError(f"Grad-CAM needs a keras.applications backbone, not {backbone_name!r}")
     backbone = models.backbone_of(model)

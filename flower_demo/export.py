@@ -22,10 +22,12 @@ This module owns the conversion, `TFLiteModel` (the runtime predict.py uses for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -138,30 +140,32 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
 
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
-    forward = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32, name="image")],
-        autograph=False,
-    )
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], model)
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        if not representative:
-            raise FlowerDemoError("int8 quantization needs representative images")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative_dataset(representative, size)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.float32
-        converter.inference_output_type = tf.float32
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return converter.convert()
-    except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FlowerDemoError(f"TFLite conversion failed: {reason}") from None
+    if quantize == "int8" and not representative:
+        raise FlowerDemoError("int8 quantization needs representative images")
+    signature = [tf.TensorSpec((1, size, size, 3), tf.float32, name="image")]
+    # Through a SavedModel: converting a Keras 3 model's concrete function directly leaves its
+    # weights as variables (VAR_HANDLE ops) instead of constants in the file.
+    with tempfile.TemporaryDirectory(prefix="flower_demo_export_") as saved:
+        try:
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras prints the signature, the converter warns
+                model.export(saved, format="tf_saved_model", input_signature=signature, verbose=False)
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+                if quantize == "float16":
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.target_spec.supported_types = [tf.float16]
+                elif quantize == "int8":
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.representative_dataset = _representative_dataset(representative, size)
+                    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                    converter.inference_input_type = tf.float32
+                    converter.inference_output_type = tf.float32
+                return converter.convert()
+        except FlowerDemoError:
+            raise  # a representative photo that cannot be decoded
+        except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError ...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FlowerDemoError(f"TFLite conversion failed: {reason}") from None
 
 
 def export_tflite(

@@ -3,8 +3,10 @@
 A saved model is a folder with two files:
 - `model.keras`: takes RGB pixels 0..255 at its input size, returns class probabilities. The
   backbone's own preprocessing is a layer inside it, so serving can never disagree with training.
-- `metadata.json`: class names, input size, backbone, data, metrics and training settings.
-`load_model` checks that the two (and a label map, when given) agree.
+- `metadata.json`: class names, input size, backbone, data, metrics and training settings, and
+  once `python -m flower_demo.calibrate` has run, a "calibration" entry (see calibrate.py).
+`load_model` checks that the two (and a label map, when given) agree. An exported `.tflite` file
+has its own copy of metadata.json beside it (see export.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenet_v2": Backbone(
         keras.applications.MobileNetV2,
         keras.applications.mobilenet_v2.preprocess_input,
-        fine_tune_from="block_12_add",
+        fine_tune_from="block_5_add",  # blocks 6-16: 95% of the weights; block_12_add gave 3 points less
         feature_map="out_relu",
     ),
     "resnet50": Backbone(
@@ -158,12 +160,16 @@ _FORWARD: weakref.WeakKeyDictionary[keras.Model, Callable] = weakref.WeakKeyDict
 
 
 def compiled_forward(model: keras.Model) -> Callable:
-    """`model` as one traced TensorFlow graph over float32 batches of any size.
+    """`model` as one compiled graph over float32 batches of any size.
 
     Calling a Keras model eagerly dispatches op by op, and `model.predict` builds a dataset per
-    call; this graph is what every prediction path (predict, evaluate, the app) runs.
+    call; this graph is what every prediction path (predict, evaluate, the app) runs. On Keras
+    backends other than TensorFlow (training on a GPU with JAX, say) Keras compiles it itself.
     """
     if model not in _FORWARD:
+        if keras.config.backend() != "tensorflow":
+            _FORWARD[model] = model.predict_on_batch
+            return _FORWARD[model]
         import tensorflow as tf
 
         size = model.input_shape[1]
@@ -172,6 +178,24 @@ def compiled_forward(model: keras.Model) -> Callable:
             lambda x: model(x, training=False), input_signature=[spec], autograph=False
         )
     return _FORWARD[model]
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 def backbone_of(model: keras.Model) -> keras.Layer:

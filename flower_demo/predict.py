@@ -65,8 +65,8 @@ class Classifier:
             from flower_demo.export import TFLiteModel
 
             self.model = None  # no Keras model: no Grad-CAM
-            self.metadata = models.read_metadata(model_path)
             self.forward = TFLiteModel(model_path)
+            self.metadata = models.read_metadata(model_path)
             models.check_against_metadata(
                 Path(model_path), self.forward.num_outputs, self.forward.image_size, self.metadata
             )

@@ -37,7 +37,7 @@ from flower_demo import data, models
 from flower_demo.errors import FlowerDemoError
 
 DEFAULT_IMAGE_SIZE = 224
-DEFAULT_VIEWS = 8  # augmented copies of each training image
+DEFAULT_VIEWS = 12  # augmented copies of each training image
 CACHE_BATCH = 32
 
 
@@ -84,15 +84,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--stage1-epochs", type=int, default=40)
+    p.add_argument("--stage1-epochs", type=int, default=15)
     p.add_argument("--stage1-lr", type=float, default=1e-3)
-    p.add_argument("--stage2-epochs", type=int, default=20, help="0 skips fine-tuning")
-    p.add_argument("--stage2-lr", type=float, default=1e-4)
-    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha on cached activations (0 = off)")
+    p.add_argument("--stage2-epochs", type=int, default=50, help="0 skips fine-tuning")
+    p.add_argument("--stage2-lr", type=float, default=2e-4)
+    p.add_argument("--mixup", type=float, default=0.2, help="mixup alpha on cached activations (0 = off)")
     p.add_argument(
         "--ema",
         type=float,
-        default=0.0,
+        default=0.99,
         help="keep an exponential moving average of the weights with this momentum, e.g. 0.99 (0 = off)",
     )
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fine-tune-from",
         help="layer whose output feeds the fine-tuned part (default: the registry's)",
     )
-    p.add_argument("--patience", type=int, default=6, help="early stopping on validation accuracy")
+    p.add_argument("--patience", type=int, default=10, help="early stopping on validation accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", help="output folder (default: runs/<date-time>)")
     p.add_argument(
@@ -240,7 +240,8 @@ def read_log(path: Path) -> dict[str, list[float]]:
     if not path.exists():
         return {}
     with path.open() as f:
-        rows = list(csv.DictReader(f))
+        by_epoch = {row["epoch"]: row for row in csv.DictReader(f)}  # a re-run epoch counts once
+    rows = sorted(by_epoch.values(), key=lambda row: int(row["epoch"]))
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
@@ -264,7 +265,7 @@ def fit_stage(
     log = run_dir / f"{stage}_log.csv"
     backup = run_dir / "checkpoints" / stage
     done = run_dir / f"{stage}.done"
-    if args.resume and done.exists() and best.exists():
+    if args.resume and done.exists() and best.exists() and int(done.read_text() or 0) >= epochs:
         print(f"{stage}: already finished, loading its best weights")
         trainable.load_weights(best)
         return read_log(log)
@@ -287,7 +288,8 @@ def fit_stage(
         validation_data=(np.asarray(val_x, dtype="float32"), one_hot[val_labels]),
         epochs=epochs,
         callbacks=[
-            keras.callbacks.BackupAndRestore(str(backup)),
+            # Kept after the stage ends, so --resume with more epochs extends a finished stage.
+            keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
             *swap,
             keras.callbacks.ModelCheckpoint(
                 str(best),
@@ -302,7 +304,7 @@ def fit_stage(
         verbose="auto" if sys.stdout.isatty() else 2,
     )
     trainable.load_weights(best)
-    done.touch()
+    done.write_text(str(epochs))
     return read_log(log)
 
 
@@ -360,8 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> Path:
-    import tensorflow as tf
-
     from flower_demo.evaluate import evaluate_model
 
     if args.resume and not (args.run_dir and Path(args.run_dir).is_dir()):
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> Path:
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "ship")}
     (run_dir / "settings.json").write_text(json.dumps(settings, indent=2))
     keras.utils.set_random_seed(args.seed)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpu = models.gpu_available()
     if gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
     print(f"run folder: {run_dir}  device: {'GPU (mixed precision)' if gpu else 'CPU'}")
@@ -397,10 +397,16 @@ def run(args: argparse.Namespace) -> Path:
     cache = run_dir / "cache"
 
     augmenter = data.make_augmenter(args.seed)
-    plain_step = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
-    augmented_step = tf.function(
-        lambda batch: bottom(augmenter(batch, training=True), training=False), autograph=False
-    )
+    if keras.config.backend() == "tensorflow":  # one traced graph per step, not op by op
+        import tensorflow as tf
+
+        plain_step = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
+        augmented_step = tf.function(
+            lambda batch: bottom(augmenter(batch, training=True), training=False), autograph=False
+        )
+    else:  # other Keras backends (e.g. JAX on a GPU): Keras compiles predict_on_batch
+        plain_step = bottom.predict_on_batch
+        augmented_step = lambda batch: bottom.predict_on_batch(augmenter(batch, training=True))  # noqa: E731
 
     def activations(images: np.ndarray, augment: bool) -> np.ndarray:
         n_views = args.views if augment else 1
@@ -478,7 +484,7 @@ def run(args: argparse.Namespace) -> Path:
         },
         "training": {**settings, **timings, "device": "GPU" if gpu else "CPU"},
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "versions": {"keras": keras.__version__, "backend": keras.config.backend()},
     }
     models.save_model(model, run_dir, metadata)
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))

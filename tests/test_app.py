@@ -151,3 +151,38 @@ def test_about_reports_accuracy_and_limits(app: ModuleType) -> None:
     assert "102" in text and "not a plant-safety tool" in text
     if "validation_top1" in metadata.get("metrics", {}):
         assert f"{metadata['metrics']['validation_top1']:.1%}" in text
+
+
+def test_unknown_photo_is_said_to_be_none_of_the_species(app: ModuleType) -> None:
+    rejected = app.Prediction([73, 1], ["water lily", "pink primrose"], [0.35, 0.2], is_known=False)
+    text = app.verdict(rejected)
+    assert f"does not look like one of the {len(app.CLASSIFIER.class_names)} species" in text
+    assert "*water lily*" in text and "Most likely" not in text
+
+
+def test_non_flower_upload_is_rejected(app: ModuleType, client) -> None:
+    if app.CLASSIFIER.calibration is None:
+        pytest.skip("the served model has no calibration (python -m flower_demo.calibrate)")
+    chart, verdict = call(client, REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg")
+    assert "does not look like one of the" in verdict
+    assert len(chart["confidences"]) == app.TOP_K  # the candidates are still shown
+
+
+def test_explain_off_computes_nothing(app: ModuleType, monkeypatch) -> None:
+    def no_gradients(*args, **kwargs):
+        raise AssertionError("Grad-CAM computed while the box is off")
+
+    monkeypatch.setattr(app, "gradcam", no_gradients)
+    for image in (str(FLOWERS[0]), None):
+        update = app.explain(image, False)
+        assert update["visible"] is False and update["value"] is None
+
+
+def test_explain_on_shows_the_overlay(app: ModuleType, tmp_path: Path) -> None:
+    update = app.explain(str(FLOWERS[0]), True)
+    assert update["visible"] is True
+    assert update["value"].size[0] == update["value"].size[1] >= app.CLASSIFIER.image_size
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("not a photo")
+    assert app.explain(str(fake), True)["visible"] is False  # `/predict` reports the error
+    assert app.explain(None, True)["visible"] is False

@@ -153,3 +153,18 @@ def test_clicking_an_example_classifies_it(app: ModuleType, page) -> None:
     photo = next(p for p in FLOWERS if "passion_flower" in p.name)
     page.locator(f"img[src$='{photo.name}']").click()
     expect(page.get_by_test_id("label-output-value")).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+
+
+def test_explain_box_shows_and_hides_the_overlay(app: ModuleType, page) -> None:
+    from playwright.sync_api import expect
+
+    photo = next(p for p in FLOWERS if "water_lily" in p.name)
+    upload(page, photo)
+    expect(page.get_by_test_id("label-output-value")).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+    overlay = page.locator("#gradcam img")
+    expect(overlay).to_have_count(0)  # off by default
+    box = page.get_by_label("Explain (Grad-CAM)")
+    box.check()
+    expect(overlay).to_be_visible(timeout=WAIT_MS)
+    box.uncheck()
+    expect(overlay).to_have_count(0, timeout=WAIT_MS)

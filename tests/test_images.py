@@ -561,6 +561,8 @@ def test_shipped_model_input_types_and_evaluate_agree(shipped_classifier):
         assert flower_demo.predict(source, model=shipped_classifier).class_ids[0] == by_path.class_ids[0]
 
     probabilities = predict_probabilities(shipped_classifier.model, PHOTOS)
+    if shipped_classifier.calibration is not None:  # predict() reports temperature-scaled probabilities
+        probabilities = shipped_classifier.calibration.probabilities(probabilities)
     for photo, row in zip(PHOTOS, probabilities):
         prediction = flower_demo.predict(photo, model=shipped_classifier, top_k=3)
         assert prediction.class_ids[0] == int(np.argmax(row)) + 1

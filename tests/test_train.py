@@ -194,7 +194,7 @@ def test_resume_after_a_crash(resumed_run):
     assert "Epoch 2/3" in second and "Epoch 3/3" in second  # ... up to its epoch count
     assert state["cache_after"] == state["cache"]  # decoded images and activations were reused
     assert (run_dir / "model.keras").is_file()
-    assert not any((run_dir / "checkpoints" / "stage2").glob("*"))  # a finished stage drops its backup
+    assert any((run_dir / "checkpoints" / "stage2").glob("*"))  # kept, so a stage can be extended
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history["stage1"]["loss"]) == 1
 
@@ -203,3 +203,16 @@ def test_resumed_history_keeps_epochs_before_the_crash(resumed_run):
     run_dir, _, _, _ = resumed_run
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history["stage2"]["loss"]) == 3
+
+
+def test_resume_extends_a_finished_stage(resumed_run, image_tree, mobilenet_weights):
+    """--resume with a larger epoch count continues a finished stage instead of restarting it."""
+    run_dir, _, _, _ = resumed_run
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = train.main([*train_args(image_tree, mobilenet_weights, run_dir, 1, 4, views=1), "--resume"])
+    assert code == 0, out.getvalue()
+    assert "stage1: already finished" in out.getvalue()
+    assert "Epoch 4/4" in out.getvalue() and "Epoch 1/4" not in out.getvalue()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert len(history["stage2"]["loss"]) == 4

@@ -1,0 +1,113 @@
+"""Grad-CAM (flower_demo.explain): the heatmap's shape and range, its overlay, the predict command
+line's --explain, and, on the shipped model, that the heat lies on the flower in clear photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FIXTURE_FLOWERS, TINY_SIZE, save_solid
+from PIL import Image
+
+from flower_demo import FlowerDemoError, explain
+from flower_demo.predict import main as predict_main
+
+# Hand-checked boxes (x0, y0, x1, y1) around the flower in the 224 px centre square the model
+# sees, drawn on a 16 px grid over process_image(photo): the water lily's petals span about
+# x 8..168, y 28..168, the marigold's head x 11..152, y 40..182. The boxes sit just inside those
+# outlines, so a peak inside one is on the flower, not on its edge.
+FLOWER_BOXES = {
+    "073_water_lily.jpg": (16, 32, 160, 160),
+    "047_marigold.jpg": (16, 48, 144, 176),
+}
+MIN_HEAT_IN_BOX = 0.7  # share of the heatmap's total inside the box (measured: 0.92 and 0.81)
+
+
+def test_gradcam_shape_range_and_class(tiny_classifier, tmp_path: Path) -> None:
+    photo = save_solid(tmp_path / "red.png", (200, 30, 30), size=(50, 40), noise=30)
+    heat = explain.gradcam(photo, tiny_classifier)
+    assert heat.shape == (TINY_SIZE, TINY_SIZE) and heat.dtype == np.float32
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    for index in range(tiny_classifier.num_classes):  # any class can be explained
+        other = explain.gradcam(photo, tiny_classifier, class_index=index)
+        assert other.shape == heat.shape and 0.0 <= other.min() and other.max() <= 1.0
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 1.5, "1"])
+def test_gradcam_refuses_bad_class_index(tiny_classifier, tmp_path: Path, bad) -> None:
+    photo = save_solid(tmp_path / "red.png", (200, 30, 30))
+    with pytest.raises(FlowerDemoError, match="class_index"):
+        explain.gradcam(photo, tiny_classifier, class_index=bad)
+
+
+def test_gradcam_reports_unreadable_image(tiny_classifier, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not a photo")
+    with pytest.raises(FlowerDemoError, match="not an image"):
+        explain.gradcam(fake, tiny_classifier)
+
+
+def test_overlay_is_the_centre_square_blended() -> None:
+    photo = np.full((60, 90, 3), 255, np.uint8)  # white, landscape
+    heat = np.zeros((32, 32), np.float32)
+    heat[:, 16:] = 1.0
+    blended = explain.overlay(photo, heat)
+    assert isinstance(blended, Image.Image) and blended.mode == "RGB"
+    assert blended.size == (60, 60)  # the photo's own shorter side
+    pixels = np.asarray(blended).astype(int)
+    cold, hot = pixels[30, 5], pixels[30, 55]
+    assert cold[2] > cold[0] and hot[0] > hot[2]  # blue where 0, red where 1
+    big = explain.overlay(np.zeros((2000, 3000, 3), np.uint8), heat)
+    assert big.size == (explain.MAX_OVERLAY_SIDE, explain.MAX_OVERLAY_SIDE)
+    with pytest.raises(FlowerDemoError, match="square"):
+        explain.overlay(photo, np.zeros((10, 20)))
+
+
+def test_colorize_ends() -> None:
+    colours = explain.colorize(np.array([[0.0, 1.0, -5.0, 7.0]]))
+    assert colours.dtype == np.uint8 and colours.shape == (1, 4, 3)
+    assert tuple(colours[0, 0]) == (0, 0, 128) and tuple(colours[0, 1]) == (128, 0, 0)
+    assert (colours[0, 2] == colours[0, 0]).all() and (colours[0, 3] == colours[0, 1]).all()
+
+
+def test_cli_explain_one_and_several_images(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    a = save_solid(tmp_path / "a.png", (200, 30, 30), noise=20)
+    b = save_solid(tmp_path / "b.png", (30, 200, 30), noise=20)
+    out = tmp_path / "out" / "why.png"
+    out.parent.mkdir()
+    assert predict_main([str(a), "--model", str(tiny_model_dir), "--explain", str(out)]) == 0
+    assert Image.open(out).size[0] >= TINY_SIZE
+    assert f"Grad-CAM overlay: {out}" in capsys.readouterr().out
+    code = predict_main([str(a), str(b), "--model", str(tiny_model_dir), "--explain", str(out), "--json"])
+    assert code == 0
+    for stem in ("a", "b"):
+        assert (out.parent / f"why_{stem}.png").is_file()
+    assert '"explanation"' in capsys.readouterr().out
+
+
+def test_cli_explain_unwritable_is_an_error(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    a = save_solid(tmp_path / "a.png", (200, 30, 30))
+    out = tmp_path / "no_such_folder" / "why.png"
+    assert predict_main([str(a), "--model", str(tiny_model_dir), "--explain", str(out)]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+# --- the shipped model -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FLOWER_BOXES))
+def test_heat_lies_on_the_flower(shipped_classifier, name: str, tmp_path: Path) -> None:
+    photo = FIXTURE_FLOWERS / name
+    heat = explain.gradcam(photo, shipped_classifier)
+    size = shipped_classifier.image_size
+    assert heat.shape == (size, size)
+    assert heat.max() == pytest.approx(1.0)
+    x0, y0, x1, y1 = FLOWER_BOXES[name]
+    y, x = np.unravel_index(heat.argmax(), heat.shape)
+    assert x0 <= x < x1 and y0 <= y < y1, f"peak at ({x}, {y}) is outside the flower"
+    inside = np.zeros_like(heat, dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    assert heat[inside].sum() / heat.sum() >= MIN_HEAT_IN_BOX
+    explain.save_overlay(photo, tmp_path / "why.png", shipped_classifier)
+    assert Image.open(tmp_path / "why.png").size[0] >= size
