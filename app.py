@@ -24,9 +24,10 @@ from flower_demo.explain import gradcam, overlay
 from flower_demo.predict import Classifier, Prediction, predict
 
 TOP_K = 5
-# Below this top-1 probability the page says the model is not sure. Chosen on the validation set
-# (interim model, 86.8% top-1): its answers at or above 0.3 were right 95% of the time (80% of
-# photos), those below only 54%. Label smoothing keeps even right answers' probabilities modest.
+# For a model without a stored calibration: below this top-1 probability the page says the model
+# is not sure. Chosen on the validation set of an uncalibrated interim model (86.8% top-1): its
+# answers at or above 0.3 were right 95% of the time, those below only 54%. A calibrated model
+# (metadata "calibration", see flower_demo/calibrate.py) rejects below its own threshold instead.
 LOW_CONFIDENCE = 0.3
 CONCURRENCY_LIMIT = 2  # predictions run at once; the classifier's tf.function is thread-safe
 EXPLAIN_CONCURRENCY = 1  # Grad-CAMs at once, in their own queue so they never hold up `/predict`

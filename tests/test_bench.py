@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_SIZE
 
-from flower_demo import bench
+from flower_demo import bench, models
 
 SECTIONS = {
     "machine",
@@ -41,7 +41,7 @@ def test_bench_json(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) ->
     assert {"p50_ms", "model_predict_only_p50_ms", "vs_predict"} <= set(results["naive"])
     assert {"images_per_s", "bare_images_per_s", "vs_bare"} <= set(results["eval_throughput"])
     assert {"stage1_s_per_epoch", "stage2_s_per_epoch", "stage1_ms_per_image"} <= set(results["training"])
-    assert results["training"]["cut"] == "block_12_add"
+    assert results["training"]["cut"] == models.BACKBONES["mobilenet_v2"].fine_tune_from
     assert results["app"] == {"skipped": "--skip-app"}
     assert {"before", "after", "busy"} <= set(results["load_average"])
     assert [t["name"] for t in results["targets"]] == list(bench.TARGETS)
