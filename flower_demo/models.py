@@ -229,15 +229,20 @@ def metadata_path(path: str | os.PathLike | None = None) -> Path:
     return _model_dir(path) / METADATA_FILE
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """Parsed JSON of `path`, or a FlowerDemoError naming `what` is missing or unreadable."""
+    if not path.is_file():
+        raise FlowerDemoError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FlowerDemoError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
 def read_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The metadata of the model folder (or .keras file) at `path`; the shipped one by default."""
     meta_path = metadata_path(path)
-    if not meta_path.is_file():
-        raise FlowerDemoError(f"model metadata not found: {meta_path}")
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FlowerDemoError(f"unreadable model metadata {meta_path}: {exc}") from None
+    metadata = _read_json(meta_path, "model metadata")
     for key in ("class_names", "image_size", "backbone"):
         if key not in metadata:
             raise FlowerDemoError(f"model metadata {meta_path} lacks {key!r}")
@@ -283,12 +288,7 @@ def label_map_from_names(class_names: list[str]) -> dict[str, str]:
 def load_label_map(path: str | os.PathLike, num_classes: int) -> list[str]:
     """Class names from a JSON label map {"1": name, ...}; its ids must be exactly 1..num_classes."""
     path = Path(path)
-    if not path.is_file():
-        raise FlowerDemoError(f"label map not found: {path}")
-    try:
-        mapping = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FlowerDemoError(f"label map {path} is not valid JSON: {exc}") from None
+    mapping = _read_json(path, "label map")
     if not isinstance(mapping, dict):
         raise FlowerDemoError(f"label map {path} must be a JSON object of id -> name")
     expected = {str(i) for i in range(1, num_classes + 1)}

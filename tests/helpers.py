@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import socket
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,3 +45,18 @@ def make_class_tree(root: Path, classes: dict[str, tuple], per_class: int, size:
         for i in range(per_class):
             save_solid(root / name / f"{i:02d}.png", color, (size, size), noise=20, seed=100 * c + i)
     return root
+
+
+def load_app() -> ModuleType:
+    """Import app.py (which loads the model), or skip when there is no model to serve."""
+    if not os.environ.get("FLOWER_DEMO_MODEL") and not (REPO_ROOT / "weights" / "model.keras").is_file():
+        pytest.skip("no model to serve: weights/model.keras is missing and FLOWER_DEMO_MODEL is unset")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module("app")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -7,15 +7,12 @@ Serves the shipped weights/, or the model folder named by FLOWER_DEMO_MODEL.
 
 from __future__ import annotations
 
-import importlib
-import os
-import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import free_port, load_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "flowers").glob("*.jpg"))
@@ -24,21 +21,6 @@ CALL_TIMEOUT = 120  # seconds for one call, generous for a busy 2-core machine
 CONCURRENT_CALLS = 20
 
 pytestmark = pytest.mark.app
-
-
-def load_app() -> ModuleType:
-    """Import app.py (which loads the model), or skip when there is no model to serve."""
-    if not os.environ.get("FLOWER_DEMO_MODEL") and not (REPO_ROOT / "weights" / "model.keras").is_file():
-        pytest.skip("no model to serve: weights/model.keras is missing and FLOWER_DEMO_MODEL is unset")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("app")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def species(app: ModuleType, photo: Path) -> str:

@@ -8,15 +8,12 @@ replaces the documented page with an untrained model's guesses.
 
 from __future__ import annotations
 
-import importlib
-import os
-import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import free_port, load_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "flowers").glob("*.jpg"))
@@ -36,21 +33,6 @@ TRAINED_IMAGE_SIZE = 224  # the shipped model's input size; smaller ones are deb
 WAIT_MS = 120_000  # a prediction on a busy 2-core machine, plus the page's own start-up
 
 pytestmark = pytest.mark.browser
-
-
-def load_app() -> ModuleType:
-    """Import app.py (which loads the model), or skip when there is no model to serve."""
-    if not os.environ.get("FLOWER_DEMO_MODEL") and not (REPO_ROOT / "weights" / "model.keras").is_file():
-        pytest.skip("no model to serve: weights/model.keras is missing and FLOWER_DEMO_MODEL is unset")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("app")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def is_trained(app: ModuleType) -> bool:

@@ -180,7 +180,7 @@ def test_load_refuses_missing_files(model_copy, tmp_path):
 
 def test_load_refuses_bad_metadata(model_copy):
     (model_copy / models.METADATA_FILE).write_text("{not json")
-    refuses(model_copy, "unreadable model metadata")
+    refuses(model_copy, "model metadata .* is not valid JSON")
     (model_copy / models.METADATA_FILE).write_text(json.dumps({"class_names": ["a"], "image_size": 32}))
     refuses(model_copy, "lacks 'backbone'")
 
