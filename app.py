@@ -36,7 +36,10 @@ DATASET_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 PROMPT = "Upload a photo of a flower, take one with the webcam, or pick an example below."
 
 # Loaded once at start-up; every request shares it.
-CLASSIFIER = Classifier(os.environ.get("FLOWER_DEMO_MODEL") or None)
+try:
+    CLASSIFIER = Classifier(os.environ.get("FLOWER_DEMO_MODEL") or None)
+except FlowerDemoError as exc:  # a missing or mismatched model: one clear line, exit status 1
+    raise SystemExit(f"error: cannot serve: {exc}") from None
 
 
 class FlowerPhoto(gr.Image):

@@ -7,6 +7,9 @@ Serves the shipped weights/, or the model folder named by FLOWER_DEMO_MODEL.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -168,3 +171,13 @@ def test_explain_on_shows_the_overlay(app: ModuleType, tmp_path: Path) -> None:
     fake.write_text("not a photo")
     assert app.explain(str(fake), True)["visible"] is False  # `/predict` reports the error
     assert app.explain(None, True)["visible"] is False
+
+
+def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
+    """A host pointing the app at a model that is not there gets one line and exit status 1."""
+    env = {**os.environ, "FLOWER_DEMO_MODEL": str(tmp_path / "no_model_here")}
+    command = [sys.executable, str(REPO_ROOT / "app.py")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CALL_TIMEOUT)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: cannot serve: model file not found" in result.stderr
