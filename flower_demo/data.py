@@ -116,6 +116,19 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> LabeledImag
     return LabeledImages(items, np.array(labels), names, len(items), f"tfds:{name}:{split}")
 
 
+def tfds_split_names(name: str, data_dir: str | None = None) -> list[str]:
+    """The splits a tfds dataset has. They are only known once it is downloaded and prepared
+    (which tfds.load would do anyway): before that, `info.splits` is empty."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except Exception as exc:  # tfds raises many types (network, unknown name)
+        raise FlowerDemoError(f"cannot prepare tfds {name!r}: {str(exc).splitlines()[0]}") from None
+    return list(builder.info.splits)
+
+
 # --- class-per-folder trees ------------------------------------------------------------------
 
 

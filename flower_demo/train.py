@@ -129,10 +129,7 @@ def load_splits(
     elif args.image_folder:
         train, val = data.load_image_folder(args.image_folder, args.val_fraction, args.seed)
     else:
-        import tensorflow_datasets as tfds
-
-        splits = tfds.builder(args.tfds, data_dir=args.tfds_dir).info.splits
-        if "validation" in splits:
+        if "validation" in data.tfds_split_names(args.tfds, args.tfds_dir):
             train_split, val_split = "train", "validation"
         else:  # e.g. tf_flowers has only "train": hold out its last val-fraction
             cut = round(100 * (1 - args.val_fraction))

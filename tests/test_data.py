@@ -107,6 +107,20 @@ def test_tfds_source_with_mock_data():
     assert decoded >= 6
 
 
+def test_tfds_without_validation_split_holds_out_a_slice_of_train():
+    """tf_flowers has only "train": training holds out its last --val-fraction as validation."""
+    import tensorflow_datasets as tfds
+
+    from flower_demo import train
+
+    args = train.parse_args(["--tfds", "tf_flowers", "--val-fraction", "0.25"])
+    with tfds.testing.mock_data(num_examples=8):
+        assert "validation" not in data.tfds_split_names("tf_flowers")
+        train_split, val_split = train.load_splits(args)
+    assert train_split.source == "tfds:tf_flowers:train[:75%]"
+    assert val_split.source == "tfds:tf_flowers:train[75%:]"
+
+
 def test_tfds_unknown_dataset_is_an_error(tmp_path):
     """The message is one line (tfds' own goes on to list every dataset it knows)."""
     with pytest.raises(FlowerDemoError, match="cannot load tfds 'no_such_dataset_xyz'") as excinfo:
