@@ -99,17 +99,22 @@ class Calibration:
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T) along the last axis, which equals softmax(z / T) for the model's logits z."""
-    log_p = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), LOG_FLOOR)) / temperature
+    log_p = log_probabilities(probabilities) / temperature
     log_p -= log_p.max(axis=-1, keepdims=True)
     scaled = np.exp(log_p)
     return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def check_rule(rule: str) -> str:
+    if rule not in OOD_RULES:
+        raise FlowerDemoError(f"unknown out-of-distribution rule {rule!r}; known: {', '.join(OOD_RULES)}")
+    return rule
+
+
 def known_score(calibrated: np.ndarray, rule: str) -> np.ndarray:
     """Higher = more like the training classes; `rule` is one of OOD_RULES."""
-    if rule == "max_softmax":
-        return np.asarray(calibrated).max(axis=-1)
-    raise FlowerDemoError(f"unknown out-of-distribution rule {rule!r}; known: {', '.join(OOD_RULES)}")
+    check_rule(rule)  # max_softmax, the only rule so far
+    return np.asarray(calibrated).max(axis=-1)
 
 
 def read_calibration(metadata: dict[str, Any]) -> Calibration | None:
@@ -125,10 +130,7 @@ def read_calibration(metadata: dict[str, Any]) -> Calibration | None:
         raise FlowerDemoError(f"model metadata has a malformed {CALIBRATION_KEY!r} entry ({exc!r})") from None
     if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
         raise FlowerDemoError(f"calibration temperature must be positive, got {calibration.temperature}")
-    if calibration.ood_rule not in OOD_RULES:
-        raise FlowerDemoError(
-            f"unknown out-of-distribution rule {calibration.ood_rule!r}; known: {', '.join(OOD_RULES)}"
-        )
+    check_rule(calibration.ood_rule)
     if not math.isfinite(calibration.ood_threshold):
         raise FlowerDemoError("calibration ood_threshold must be a finite number")
     return calibration
@@ -138,10 +140,14 @@ def read_calibration(metadata: dict[str, Any]) -> Calibration | None:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    from scipy.special import softmax as scipy_softmax
+
+    return scipy_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """log p in float64, floored so that a softmax that underflowed to 0 stays finite."""
+    return np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), LOG_FLOOR))
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -160,17 +166,17 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 
 def nll(log_probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood of softmax(log p / T)."""
+    from scipy.special import logsumexp
+
     z = log_probs / temperature
-    z_max = z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z - z_max).sum(axis=1)) + z_max[:, 0]
-    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The T in TEMPERATURE_BOUNDS that minimises the NLL of softmax(log p / T) (1-D search on log T)."""
     from scipy.optimize import minimize_scalar
 
-    log_probs = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), LOG_FLOOR))
+    log_probs = log_probabilities(probabilities)
     result = minimize_scalar(
         lambda log_t: nll(log_probs, labels, math.exp(log_t)),
         bounds=tuple(math.log(b) for b in TEMPERATURE_BOUNDS),
@@ -182,9 +188,9 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """T * logsumexp(z / T): the negative free energy (higher = more in-distribution)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z_max = z.max(axis=1)
-    return temperature * (z_max + np.log(np.exp(z - z_max[:, None]).sum(axis=1)))
+    from scipy.special import logsumexp
+
+    return temperature * logsumexp(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -335,8 +341,8 @@ def calibrate(
             "fitted_on": split.source,
             "validation_images": int(len(labels)),
             "validation_top1": float(top1.mean()),
-            "nll_before": nll(np.log(np.maximum(probs, LOG_FLOOR)), labels, 1.0),
-            "nll_after": nll(np.log(np.maximum(probs, LOG_FLOOR)), labels, temperature),
+            "nll_before": nll(log_probabilities(probs), labels, 1.0),
+            "nll_after": nll(log_probabilities(probs), labels, temperature),
             "ece_before": expected_calibration_error(probs.astype(np.float64), labels),
             "ece_after": expected_calibration_error(calibrated.astype(np.float64), labels),
             "held_out_half": held_out,
