@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from flower_demo import models
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.evaluate import EVAL_BATCH, predict_probabilities
 from flower_demo.images import list_images, process_image, square_uint8
 
@@ -458,7 +458,7 @@ def bench_app(model_dir: Path, photo: Path) -> dict[str, Any]:
             app_log.seek(0)
             tail = "\n".join(app_log.read().splitlines()[-15:])
             log(f"app failed: {exc}\n--- app output (last lines) ---\n{tail}")
-            return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+            return {"error": first_line(exc)}
         finally:
             stop_tree(proc)
     return {

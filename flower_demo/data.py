@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import IMAGE_EXTENSIONS, ImageLike, square_uint8
 
 OXFORD_SPLITS = {"train": "trnid", "validation": "valid", "test": "tstid"}
@@ -106,7 +106,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> LabeledImag
         )
     except Exception as exc:  # tfds raises many types (network, unknown name, bad split)
         # The first line only: an unknown name's message goes on to list every tfds dataset.
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise FlowerDemoError(f"cannot load tfds {name!r} split {split!r}: {reason}") from None
     items, labels = [], []
     for encoded, label in tfds.as_numpy(dataset):
@@ -125,7 +125,7 @@ def tfds_split_names(name: str, data_dir: str | None = None) -> list[str]:
         builder = tfds.builder(name, data_dir=data_dir)
         builder.download_and_prepare()
     except Exception as exc:  # tfds raises many types (network, unknown name)
-        raise FlowerDemoError(f"cannot prepare tfds {name!r}: {str(exc).splitlines()[0]}") from None
+        raise FlowerDemoError(f"cannot prepare tfds {name!r}: {first_line(exc)}") from None
     return list(builder.info.splits)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from flower_demo import models
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, list_images, square_uint8
 
 FORMATS = ("tflite",)
@@ -78,7 +78,7 @@ class TFLiteModel:
                 self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise FlowerDemoError(f"cannot load TFLite model {self.path}: {reason}") from None
         (self._input,) = self.interpreter.get_input_details()
         (self._output,) = self.interpreter.get_output_details()
@@ -164,7 +164,7 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
         except FlowerDemoError:
             raise  # a representative photo that cannot be decoded
         except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError ...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise FlowerDemoError(f"TFLite conversion failed: {reason}") from None
 
 

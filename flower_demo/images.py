@@ -17,7 +17,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, first_line
 
 # Anything `load_rgb` accepts.
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -134,7 +134,7 @@ def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
         EOFError,
         Image.DecompressionBombError,
     ) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise FlowerDemoError(f"{name}: corrupt or truncated image ({reason})") from None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import keras
 
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL_DIR = REPO_ROOT / "weights"
@@ -132,7 +132,7 @@ def create_backbone(name: str, image_size: int, weights: str | None = "imagenet"
             pooling="avg",
         )
     except ValueError as exc:  # e.g. an input size the architecture does not accept
-        raise FlowerDemoError(f"cannot build {name} at {image_size}px: {str(exc).splitlines()[0]}") from None
+        raise FlowerDemoError(f"cannot build {name} at {image_size}px: {first_line(exc)}") from None
     model.name = "backbone"
     model.trainable = False
     return model
@@ -261,7 +261,7 @@ def load_model(
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a broken file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise FlowerDemoError(f"cannot load model {model_path}: {reason}") from None
     check_against_metadata(model_path, int(model.output_shape[-1]), model.input_shape[1], metadata)
     return model, metadata
