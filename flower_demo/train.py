@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate within each stage: constant, or cosine decay to zero over its epochs",
+    )
+    p.add_argument(
         "--fine-tune-from",
         help="layer whose output feeds the fine-tuned part (default: the registry's)",
     )
@@ -271,13 +277,16 @@ def fit_stage(
         log.unlink(missing_ok=True)
     best_so_far = max(read_log(log).get("val_accuracy", []), default=None)
     ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
+    one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
+    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
+    rate = lr
+    if args.schedule == "cosine":  # the step count is restored with the optimizer on --resume
+        rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * len(views))
     trainable.compile(
-        optimizer=keras.optimizers.AdamW(lr, weight_decay=args.weight_decay, **ema),
+        optimizer=keras.optimizers.AdamW(rate, weight_decay=args.weight_decay, **ema),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
-    one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
-    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
     # With EMA, validation and the best checkpoint use the averaged weights.
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []
     trainable.fit(

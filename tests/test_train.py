@@ -216,3 +216,21 @@ def test_resume_extends_a_finished_stage(resumed_run, image_tree, mobilenet_weig
     assert "Epoch 4/4" in out.getvalue() and "Epoch 1/4" not in out.getvalue()
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history["stage2"]["loss"]) == 4
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule(tmp_path, schedule):
+    """--schedule cosine decays a stage's learning rate to zero over its epochs; constant keeps it."""
+    args = train.parse_args(["--image-folder", "x", "--schedule", schedule, "--ema", "0", "--batch-size", "4"])
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(1, 8, 5)).astype("float32"), np.arange(8) % 2
+    inputs = keras.Input((5,))
+    head = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    train.fit_stage("stage1", head, features, labels, features[0], labels, 3, 0.01, args, tmp_path)
+    optimizer = head.optimizer  # loading the best epoch's weights also rewound its step count
+    rates = []
+    for step in (0, 3, 6):  # start, middle and end of 3 epochs of 2 batches
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    expected = [0.01, 0.005, 0.0] if schedule == "cosine" else [0.01] * 3
+    assert rates == pytest.approx(expected, abs=1e-6)
