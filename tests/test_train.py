@@ -221,7 +221,8 @@ def test_resume_extends_a_finished_stage(resumed_run, image_tree, mobilenet_weig
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_learning_rate_schedule(tmp_path, schedule):
     """--schedule cosine decays a stage's learning rate to zero over its epochs; constant keeps it."""
-    args = train.parse_args(["--image-folder", "x", "--schedule", schedule, "--ema", "0", "--batch-size", "4"])
+    args = train.parse_args(["--image-folder", "x", "--schedule", schedule, "--ema", "0"])
+    args.batch_size = 4
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(1, 8, 5)).astype("float32"), np.arange(8) % 2
     inputs = keras.Input((5,))
