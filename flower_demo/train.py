@@ -103,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="learning rate within each stage: constant, or cosine decay to zero over its epochs",
     )
     p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=0,
+        help="raise the learning rate linearly from 0 over a stage's first epochs",
+    )
+    p.add_argument(
         "--fine-tune-from",
         help="layer whose output feeds the fine-tuned part (default: the registry's)",
     )
@@ -248,6 +254,24 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
+def learning_rate(lr: float, epochs: int, steps_per_epoch: int, schedule: str, warmup_epochs: int):
+    """`lr`, or a Keras schedule of it: a linear warmup, then constant or cosine decay to zero.
+
+    Optimizer state (its step count included) is checkpointed, so a resumed stage carries on
+    along the same curve.
+    """
+    if schedule == "constant" and warmup_epochs <= 0:
+        return lr
+    warmup = max(warmup_epochs, 0) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else lr,
+        decay_steps=max(epochs * steps_per_epoch - warmup, 1),
+        alpha=1.0 if schedule == "constant" else 0.0,  # alpha 1: the "decay" stays at lr
+        warmup_target=lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def fit_stage(
     stage: str,
     trainable: keras.Model,
@@ -279,9 +303,7 @@ def fit_stage(
     ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
     one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
     views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
-    rate = lr
-    if args.schedule == "cosine":  # the step count is restored with the optimizer on --resume
-        rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * len(views))
+    rate = learning_rate(lr, epochs, len(views), args.schedule, args.warmup_epochs)
     trainable.compile(
         optimizer=keras.optimizers.AdamW(rate, weight_decay=args.weight_decay, **ema),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),

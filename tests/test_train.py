@@ -218,10 +218,20 @@ def test_resume_extends_a_finished_stage(resumed_run, image_tree, mobilenet_weig
     assert len(history["stage2"]["loss"]) == 4
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_learning_rate_schedule(tmp_path, schedule):
-    """--schedule cosine decays a stage's learning rate to zero over its epochs; constant keeps it."""
-    args = train.parse_args(["--image-folder", "x", "--schedule", schedule, "--ema", "0"])
+@pytest.mark.parametrize(
+    "schedule, warmup, expected",
+    [
+        ("constant", 0, [0.01, 0.01, 0.01, 0.01]),
+        ("cosine", 0, [0.01, 0.0093301, 0.0075, 0.0]),
+        ("constant", 1, [0.0, 0.005, 0.01, 0.01]),
+        ("cosine", 1, [0.0, 0.005, 0.01, 0.0]),
+    ],
+)
+def test_learning_rate_schedule(tmp_path, schedule, warmup, expected):
+    """--schedule cosine decays a stage's learning rate to zero over its epochs, constant keeps it;
+    --warmup-epochs first raises it linearly from zero."""
+    args = ["--image-folder", "x", "--schedule", schedule, "--warmup-epochs", str(warmup), "--ema", "0"]
+    args = train.parse_args(args)
     args.batch_size = 4
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(1, 8, 5)).astype("float32"), np.arange(8) % 2
@@ -230,8 +240,7 @@ def test_learning_rate_schedule(tmp_path, schedule):
     train.fit_stage("stage1", head, features, labels, features[0], labels, 3, 0.01, args, tmp_path)
     optimizer = head.optimizer  # loading the best epoch's weights also rewound its step count
     rates = []
-    for step in (0, 3, 6):  # start, middle and end of 3 epochs of 2 batches
+    for step in (0, 1, 2, 6):  # within and after the first of 3 epochs of 2 batches, and the end
         optimizer.iterations.assign(step)
         rates.append(float(optimizer.learning_rate))
-    expected = [0.01, 0.005, 0.0] if schedule == "cosine" else [0.01] * 3
     assert rates == pytest.approx(expected, abs=1e-6)
