@@ -37,7 +37,7 @@ from flower_demo import data, models
 from flower_demo.errors import FlowerDemoError
 
 DEFAULT_IMAGE_SIZE = 224
-DEFAULT_VIEWS = 12  # augmented copies of each training image
+DEFAULT_VIEWS = 16  # augmented copies of each training image
 CACHE_BATCH = 32
 
 
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--stage1-epochs", type=int, default=15)
     p.add_argument("--stage1-lr", type=float, default=1e-3)
-    p.add_argument("--stage2-epochs", type=int, default=50, help="0 skips fine-tuning")
+    p.add_argument("--stage2-epochs", type=int, default=60, help="0 skips fine-tuning")
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--mixup", type=float, default=0.2, help="mixup alpha on cached activations (0 = off)")
     p.add_argument(
