@@ -254,11 +254,13 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
-def learning_rate(lr: float, epochs: int, steps_per_epoch: int, schedule: str, warmup_epochs: int):
+def learning_rate(
+    lr: float, epochs: int, steps_per_epoch: int, schedule: str, warmup_epochs: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """`lr`, or a Keras schedule of it: a linear warmup, then constant or cosine decay to zero.
 
-    Optimizer state (its step count included) is checkpointed, so a resumed stage carries on
-    along the same curve.
+    The schedule follows the optimizer's step count, which is checkpointed with it, so a stage
+    resumed after a crash carries on along the same curve.
     """
     if schedule == "constant" and warmup_epochs <= 0:
         return lr
