@@ -256,7 +256,6 @@ def bench_training(
     and checkpoint writing.
     """
     import keras
-    import tensorflow as tf
 
     from flower_demo import data, train
 
@@ -267,7 +266,7 @@ def bench_training(
     if backbone.startswith(models.HUB_PREFIX):
         return {"skipped": f"backbone {backbone} is a TF-Hub module; training is timed for registry ones"}
     keras.utils.set_random_seed(defaults.seed)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpu = models.gpu_available()
     if gpu:  # as train.run does
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = models.create_model(backbone, num_classes, size, None, defaults.dropout)
@@ -280,44 +279,21 @@ def bench_training(
     decoded = np.stack([square_uint8(p, size) for p in photos])
     images = decoded[np.arange(n_images) % len(decoded)]
     labels = np.arange(n_images) % num_classes
-    augmenter = data.make_augmenter(defaults.seed)
-    plain_step = tf.function(lambda b: bottom(b, training=False), autograph=False)
-    augmented_step = tf.function(
-        lambda b: bottom(augmenter(b, training=True), training=False), autograph=False
-    )
-
-    def cache_views() -> np.ndarray:
-        out = np.empty((TRAIN_VIEWS, n_images, *bottom.output_shape[1:]), dtype="float16")
-        for v in range(TRAIN_VIEWS):
-            step = augmented_step if v > 0 else plain_step
-            for i in range(0, n_images, train.CACHE_BATCH):
-                out[v, i : i + train.CACHE_BATCH] = np.asarray(
-                    step(images[i : i + train.CACHE_BATCH].astype("float32"))
-                )
-        return out
-
-    for step in (plain_step, augmented_step):  # trace both
+    steps = train.activation_steps(bottom, data.make_augmenter(defaults.seed))
+    for step in steps:  # trace both
         step(images[: train.CACHE_BATCH].astype("float32"))
     start = time.perf_counter()
-    acts = cache_views()
+    acts = train.cache_activations(bottom, steps, images, TRAIN_VIEWS, progress=False)
     cache_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    pooled = np.stack(
-        [np.asarray(top.predict(np.asarray(v, "float32"), batch_size=128, verbose=0)) for v in acts]
-    )
+    pooled = np.stack([train.pooled_features(top, view) for view in acts])
     pool_s = time.perf_counter() - start
 
-    ema = {"use_ema": True, "ema_momentum": defaults.ema} if defaults.ema else {}
-
     def epoch_seconds(trainable: Any, views: np.ndarray, lr: float) -> float:
-        trainable.compile(
-            optimizer=keras.optimizers.AdamW(lr, weight_decay=defaults.weight_decay, **ema),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=defaults.label_smoothing),
-            metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
-        )
         one_hot = np.eye(num_classes, dtype="float32")[labels]
         batches = train.RandomViews(views, one_hot, defaults.batch_size, defaults.seed, defaults.mixup)
+        train.compile_stage(trainable, lr, TRAIN_EPOCHS, len(batches), defaults)
         times: list[float] = []
         timer = keras.callbacks.LambdaCallback(
             on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()),

@@ -28,6 +28,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -274,6 +275,59 @@ def learning_rate(
     )
 
 
+def activation_steps(bottom: keras.Model, augmenter: keras.Model) -> tuple[Callable, Callable]:
+    """(plain, augmented): a float32 pixel batch -> `bottom`'s activations, as one compiled step."""
+    if keras.config.backend() == "tensorflow":  # one traced graph per step, not op by op
+        import tensorflow as tf
+
+        plain = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
+        augmented = tf.function(
+            lambda batch: bottom(augmenter(batch, training=True), training=False), autograph=False
+        )
+        return plain, augmented
+    # other Keras backends (e.g. JAX on a GPU): Keras compiles predict_on_batch
+    return bottom.predict_on_batch, lambda batch: bottom.predict_on_batch(augmenter(batch, training=True))
+
+
+def cache_activations(
+    bottom: keras.Model,
+    steps: tuple[Callable, Callable],
+    images: np.ndarray,
+    n_views: int,
+    progress: bool = True,
+) -> np.ndarray:
+    """(n_views, n, ...) float16 activations of `images`: view 0 plain, the others augmented."""
+    plain, augmented = steps
+    out = np.empty((n_views, len(images), *bottom.output_shape[1:]), dtype="float16")
+    bar = keras.utils.Progbar(n_views * len(images), unit_name="image") if progress else None
+    for v in range(n_views):
+        step = augmented if v > 0 else plain
+        for i in range(0, len(images), CACHE_BATCH):
+            batch = images[i : i + CACHE_BATCH].astype("float32")
+            out[v, i : i + len(batch)] = np.asarray(step(batch))
+            if bar:
+                bar.add(len(batch))
+    return out
+
+
+def pooled_features(top: keras.Model, acts: np.ndarray) -> np.ndarray:
+    """The frozen top's pooled features of cached activations, for stage 1."""
+    return np.asarray(top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0))
+
+
+def compile_stage(
+    trainable: keras.Model, lr: float, epochs: int, steps_per_epoch: int, args: argparse.Namespace
+) -> None:
+    """AdamW with the run's weight decay, EMA and learning-rate schedule; smoothed cross-entropy."""
+    ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
+    rate = learning_rate(lr, epochs, steps_per_epoch, args.schedule, args.warmup_epochs)
+    trainable.compile(
+        optimizer=keras.optimizers.AdamW(rate, weight_decay=args.weight_decay, **ema),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+    )
+
+
 def fit_stage(
     stage: str,
     trainable: keras.Model,
@@ -302,15 +356,9 @@ def fit_stage(
         shutil.rmtree(backup, ignore_errors=True)
         log.unlink(missing_ok=True)
     best_so_far = max(read_log(log).get("val_accuracy", []), default=None)
-    ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
     one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
     views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
-    rate = learning_rate(lr, epochs, len(views), args.schedule, args.warmup_epochs)
-    trainable.compile(
-        optimizer=keras.optimizers.AdamW(rate, weight_decay=args.weight_decay, **ema),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
-    )
+    compile_stage(trainable, lr, epochs, len(views), args)
     # With EMA, validation and the best checkpoint use the averaged weights.
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []
     trainable.fit(
@@ -426,49 +474,25 @@ def run(args: argparse.Namespace) -> Path:
     ).hexdigest()  # fmt: skip
     cache = run_dir / "cache"
 
-    augmenter = data.make_augmenter(args.seed)
-    if keras.config.backend() == "tensorflow":  # one traced graph per step, not op by op
-        import tensorflow as tf
-
-        plain_step = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
-        augmented_step = tf.function(
-            lambda batch: bottom(augmenter(batch, training=True), training=False), autograph=False
-        )
-    else:  # other Keras backends (e.g. JAX on a GPU): Keras compiles predict_on_batch
-        plain_step = bottom.predict_on_batch
-        augmented_step = lambda batch: bottom.predict_on_batch(augmenter(batch, training=True))  # noqa: E731
-
-    def activations(images: np.ndarray, augment: bool) -> np.ndarray:
-        n_views = args.views if augment else 1
-        out = np.empty((n_views, len(images), *bottom.output_shape[1:]), dtype="float16")
-        bar = keras.utils.Progbar(n_views * len(images), unit_name="image")
-        for v in range(n_views):
-            for i in range(0, len(images), CACHE_BATCH):
-                batch = images[i : i + CACHE_BATCH].astype("float32")
-                step = augmented_step if augment and v > 0 else plain_step  # view 0: plain image
-                out[v, i : i + len(batch)] = np.asarray(step(batch))
-                bar.add(len(batch))
-        return out
+    steps = activation_steps(bottom, data.make_augmenter(args.seed))
 
     print("decoding images into memory")
     train_images = cached(cache / "train_images.npy", key, lambda: data.decode_all(train.items, size))
     val_images = cached(cache / "val_images.npy", key, lambda: data.decode_all(val.items, size))
     print(f"computing frozen activations of {args.views} views per training image")
-    train_acts = cached(cache / "train_acts.npy", key, lambda: activations(train_images, True))
-    val_acts = cached(cache / "val_acts.npy", key, lambda: activations(val_images, False))[0]
+    train_acts = cached(
+        cache / "train_acts.npy", key, lambda: cache_activations(bottom, steps, train_images, args.views)
+    )
+    val_acts = cached(cache / "val_acts.npy", key, lambda: cache_activations(bottom, steps, val_images, 1))[0]
 
     history: dict[str, dict[str, list[float]]] = {}
     timings: dict[str, float] = {}
     # Stage 1: the head alone, on pooled features (the top, still frozen, is run once here).
     t0 = time.time()
     if top is not None:
-
-        def pooled(acts: np.ndarray) -> np.ndarray:
-            return np.asarray(top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0))
-
-        all_views = lambda: np.stack([pooled(view) for view in train_acts])
+        all_views = lambda: np.stack([pooled_features(top, view) for view in train_acts])
         train_feats = cached(cache / "train_feats.npy", key, all_views)
-        val_feats = cached(cache / "val_feats.npy", key, lambda: pooled(val_acts))
+        val_feats = cached(cache / "val_feats.npy", key, lambda: pooled_features(top, val_acts))
     else:
         train_feats, val_feats = train_acts, val_acts
     stage1 = head_model(train_feats.shape[2:], model)
