@@ -8,7 +8,9 @@ Laid out as a Hugging Face Space: `demo` is built at import, and `python app.py`
 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
 
 FLOWER_DEMO_MODEL may name another saved model folder; by default the shipped `weights/` is served.
-On a Space (or any machine) with a GPU, TensorFlow uses it automatically; nothing here changes.
+The serving core runs its model.tflite with LiteRT on the CPU; where TensorFlow is installed and
+sees a GPU (a Space on GPU hardware with requirements-train.txt) it runs model.keras there
+(FLOWER_DEMO_ENGINE=litert|keras overrides). The start-up log names the device.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 
 import gradio as gr
 
+from flower_demo.core import Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
-from flower_demo.explain import gradcam, overlay
-from flower_demo.predict import Classifier, Prediction, predict
+from flower_demo.explain import heatmap, overlay
 
 TOP_K = 5
 # For a model without a stored calibration: below this top-1 probability the page says the model
@@ -40,6 +42,7 @@ try:
     CLASSIFIER = Classifier(os.environ.get("FLOWER_DEMO_MODEL") or None)
 except FlowerDemoError as exc:  # a missing or mismatched model: one clear line, exit status 1
     raise SystemExit(f"error: cannot serve: {exc}") from None
+print(f"flower_demo: serving {CLASSIFIER.engine.path} on {CLASSIFIER.engine.device}", flush=True)
 
 
 class FlowerPhoto(gr.Image):
@@ -103,7 +106,7 @@ def explain(image: str | None, wanted: bool) -> dict[str, Any]:
     if not wanted or image is None:
         return gr.update(value=None, visible=False)
     try:
-        return gr.update(value=overlay(image, gradcam(image, CLASSIFIER)), visible=True)
+        return gr.update(value=overlay(image, heatmap(image, CLASSIFIER)), visible=True)
     except FlowerDemoError:
         return gr.update(value=None, visible=False)
 
@@ -162,7 +165,7 @@ def build_demo() -> gr.Blocks:
                     value=False,
                     label="Explain (Grad-CAM)",
                     info="Colour the parts of the photo the top answer rests on (red: most).",
-                    visible=CLASSIFIER.model is not None,  # an exported .tflite model has no gradients
+                    visible=CLASSIFIER.explains,  # a TF-Hub backbone returns no class activation maps
                 )
                 heatmap = gr.Image(
                     label="Grad-CAM of the top species",

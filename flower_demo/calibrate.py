@@ -16,8 +16,9 @@ log p = z - logsumexp(z), and the unknown constant cancels in softmax(log p / T)
 The energy score T * logsumexp(z / T) needs that constant, so it is measured here from the real
 logits (pooled features times the classifier's kernel, plus its bias) for comparison only.
 
-Besides the command line, this module owns what prediction applies at run time (`Calibration`,
-`read_calibration`); the fitting code imports scipy, scikit-learn and scikit-image only when run.
+This module owns the fitting and its measures; what prediction applies at run time
+(`Calibration`, `read_calibration`) is the serving core's (core.py). scipy, scikit-learn and
+scikit-image are imported only when run.
 """
 
 from __future__ import annotations
@@ -28,22 +29,25 @@ import math
 import sys
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flower_demo import models
+from flower_demo import core, models
+from flower_demo.core import (
+    CALIBRATION_KEY,
+    Calibration,
+    apply_temperature,
+    log_probabilities,
+    read_calibration,
+)
 from flower_demo.errors import FlowerDemoError
 
 ECE_BINS = 15
 KEEP_FLOWERS = 0.95  # share of validation flowers the rejection threshold keeps
-OOD_RULES = ("max_softmax",)  # rules prediction can apply (from probabilities alone)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-LOG_FLOOR = 1e-30  # probabilities are floored here before the log (float32 softmax can underflow to 0)
 SPLIT_SEED = 0  # the two halves of the held-out check
-CALIBRATION_KEY = "calibration"
 
 # Photos (not drawings or synthetic images) of things that are not flowers, from packages on PyPI.
 # scikit-image's data module: name -> how it is loaded. Left out: colorwheel, logo, horse (a
@@ -77,65 +81,6 @@ KNOWN_FLOWER_PHOTOS = {"sklearn:flower.jpg": "orange dahlia"}
 MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)  # matplotlib's sample data: a portrait
 
 
-# --- what prediction applies -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A fitted temperature and the rule that says whether a photo is one of the known classes."""
-
-    temperature: float
-    ood_rule: str
-    ood_threshold: float
-
-    def probabilities(self, probabilities: np.ndarray) -> np.ndarray:
-        """Temperature-scaled probabilities, rows of a (n, classes) or one (classes,) array."""
-        return apply_temperature(probabilities, self.temperature)
-
-    def is_known(self, calibrated: np.ndarray) -> np.ndarray:
-        """True where temperature-scaled probabilities pass the rule (bool per row)."""
-        return known_score(calibrated, self.ood_rule) >= self.ood_threshold
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T) along the last axis, which equals softmax(z / T) for the model's logits z."""
-    log_p = log_probabilities(probabilities) / temperature
-    log_p -= log_p.max(axis=-1, keepdims=True)
-    scaled = np.exp(log_p)
-    return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def check_rule(rule: str) -> str:
-    if rule not in OOD_RULES:
-        raise FlowerDemoError(f"unknown out-of-distribution rule {rule!r}; known: {', '.join(OOD_RULES)}")
-    return rule
-
-
-def known_score(calibrated: np.ndarray, rule: str) -> np.ndarray:
-    """Higher = more like the training classes; `rule` is one of OOD_RULES."""
-    check_rule(rule)  # max_softmax, the only rule so far
-    return np.asarray(calibrated).max(axis=-1)
-
-
-def read_calibration(metadata: dict[str, Any]) -> Calibration | None:
-    """The calibration stored in a model's metadata, checked; None when there is none."""
-    stored = metadata.get(CALIBRATION_KEY)
-    if stored is None:
-        return None
-    try:
-        calibration = Calibration(
-            float(stored["temperature"]), str(stored["ood_rule"]), float(stored["ood_threshold"])
-        )
-    except (TypeError, KeyError, ValueError) as exc:
-        raise FlowerDemoError(f"model metadata has a malformed {CALIBRATION_KEY!r} entry ({exc!r})") from None
-    if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
-        raise FlowerDemoError(f"calibration temperature must be positive, got {calibration.temperature}")
-    check_rule(calibration.ood_rule)
-    if not math.isfinite(calibration.ood_threshold):
-        raise FlowerDemoError("calibration ood_threshold must be a finite number")
-    return calibration
-
-
 # --- measures --------------------------------------------------------------------------------
 
 
@@ -143,11 +88,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     from scipy.special import softmax as scipy_softmax
 
     return scipy_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
-
-
-def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """log p in float64, floored so that a softmax that underflowed to 0 stays finite."""
-    return np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), LOG_FLOOR))
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -409,8 +349,8 @@ def format_report(result: dict[str, Any]) -> str:
 def write_calibration(model_path: str | Path, result: dict[str, Any]) -> Path:
     """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
     leaving the rest as it is."""
-    path = models.metadata_path(model_path)
-    metadata = models.read_metadata(model_path)
+    path = core.metadata_path(model_path)
+    metadata = core.read_metadata(model_path)
     metadata[CALIBRATION_KEY] = {key: value for key, value in result.items() if key != "details"}
     read_calibration(metadata)  # refuse to write something prediction would reject
     path.write_text(json.dumps(metadata, indent=2) + "\n")
@@ -419,7 +359,9 @@ def write_calibration(model_path: str | Path, result: dict[str, Any]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flower_demo.calibrate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(models.SHIPPED_MODEL_DIR), help="model folder or .keras file")
+    p.add_argument(
+        "--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder or .keras file (default: weights/)"
+    )
     p.add_argument("--data-dir", required=True, help="Flowers-102 folder; its validation split is used")
     p.add_argument("--dry-run", action="store_true", help="print the figures, leave metadata.json alone")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flower_demo import core
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import IMAGE_EXTENSIONS, ImageLike, square_uint8
 
@@ -44,19 +45,8 @@ def clean_class_name(name: str) -> str:
 
 
 def oxford_class_names() -> list[str]:
-    """The 102 names, from tensorflow_datasets' builder metadata (no download needed).
-
-    Where tensorflow_datasets cannot be installed (a GPU box with JAX only, say), the same names
-    come from the repository's label_map.json.
-    """
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        from flower_demo.models import SHIPPED_LABEL_MAP, load_label_map
-
-        return load_label_map(SHIPPED_LABEL_MAP, 102)
-    names = tfds.builder("oxford_flowers102").info.features["label"].names
-    return [clean_class_name(n) for n in names]
+    """The 102 names, as label_map.json holds them (tensorflow_datasets' names, cleaned)."""
+    return core.load_label_map(core.SHIPPED_LABEL_MAP, 102)
 
 
 def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages:

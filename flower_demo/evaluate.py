@@ -1,9 +1,11 @@
 """Measure a saved model on a labelled split: top-1, top-5, per-class accuracy, confusion matrix.
 
-    python -m flower_demo.evaluate --model weights --data-dir DIR --split test --json
+    python -m flower_demo.evaluate --model weights --data-dir DATA_DIR --split validation --json
 
-Images go through the same decoding as `predict` (flower_demo.images), decoded by a thread pool
-while the model works on the previous batch.
+It runs through the serving core (core.Classifier), so it measures exactly what `predict` and
+the app serve: the same decoding (flower_demo.images), the same engine (LiteRT by default,
+`--engine keras` for the Keras model) and the served, calibrated probabilities. Images are
+decoded by a thread pool while the engine works on the previous batch.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flower_demo import data, models
+from flower_demo import core, data
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike
 
@@ -25,17 +27,19 @@ EVAL_BATCH = 64
 
 
 def predict_probabilities(
-    model: Any, images: np.ndarray | Sequence[ImageLike], batch_size: int = EVAL_BATCH
+    run: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray | Sequence[ImageLike],
+    image_size: int,
+    batch_size: int = EVAL_BATCH,
 ) -> np.ndarray:
-    """(n, classes) probabilities for decoded uint8 images or for items still to be decoded."""
-    forward = models.compiled_forward(model)
-    size = int(model.input_shape[1])
+    """(n, classes) probabilities from `run` (float32 batch -> probabilities, e.g.
+    `Classifier.probabilities`) for decoded uint8 images or for items still to be decoded."""
     if isinstance(images, np.ndarray):
         batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
     else:
-        batches = data.iter_decoded(images, size, batch_size)
-    outputs = [np.asarray(forward(batch.astype("float32"))) for batch in batches]
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]))
+        batches = data.iter_decoded(images, image_size, batch_size)
+    outputs = [np.asarray(run(batch.astype("float32"))) for batch in batches]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
 def metrics_from(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -51,10 +55,13 @@ def metrics_from(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any
 
 
 def evaluate_model(
-    model: Any, images: np.ndarray | Sequence[ImageLike], labels: np.ndarray
+    run: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray | Sequence[ImageLike],
+    labels: np.ndarray,
+    image_size: int,
 ) -> dict[str, Any]:
-    """Top-1 / top-5 accuracy of `model` on `images` (decoded uint8 array or items)."""
-    return metrics_from(predict_probabilities(model, images), np.asarray(labels))
+    """Top-1 / top-5 accuracy of `run` (see predict_probabilities) on `images`."""
+    return metrics_from(predict_probabilities(run, images, image_size), np.asarray(labels))
 
 
 def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -89,8 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
-        default=str(models.SHIPPED_MODEL_DIR),
-        help="model folder or .keras file",
+        default=str(core.SHIPPED_MODEL_DIR),
+        help="model folder, model.keras or .tflite file (default: weights/)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=core.ENGINES,
+        default=None,
+        help=f"what runs the model (default: ${core.ENGINE_ENV}, else auto, as for predict)",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)")
@@ -112,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix here")
     args = p.parse_args(argv)
     try:
-        model, metadata = models.load_model(args.model)
+        classifier = core.Classifier(args.model, engine=args.engine)
+        metadata = classifier.metadata
         if args.data_dir:
             split = data.load_oxford_folder(args.data_dir, args.split)
         elif args.tfds:
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FlowerDemoError(
                 f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
             )
-        result = evaluate_model(model, split.items, split.labels)
+        result = evaluate_model(classifier.probabilities, split.items, split.labels, classifier.image_size)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,18 +1,21 @@
-"""Why the model says what it says: Grad-CAM heatmaps and their overlay on the photo.
+"""Why the model says what it says: heatmaps over the photo.
 
-    from flower_demo.explain import gradcam, overlay
-    heat = gradcam("photo.jpg", classifier)        # (size, size) floats in 0..1
+    from flower_demo.explain import heatmap, overlay
+    heat = heatmap("photo.jpg", classifier)        # (size, size) floats in 0..1, from the forward pass
     overlay("photo.jpg", heat).save("why.png")
 
-Grad-CAM (Selvaraju et al., 2017) weights each channel of the backbone's last convolutional
-feature map (`BACKBONES[name].feature_map`, "out_relu" for MobileNetV2) by the mean gradient of the
-class score over it, sums the channels and keeps the positive part. The class score is the head's
-logit (the classifier Dense before its softmax). The graph is built from the nested backbone:
-features up to the feature map, then the rest of the backbone (its global average pooling), then
-the head; it is traced once per model and reused.
+`heatmap` reads the class activation map that the served model returns beside its probabilities
+(core.py, models.serving_model): for a globally average-pooled backbone with a dense head it
+equals Grad-CAM (Selvaraju et al., 2017) up to a positive factor, so it needs no gradients, no
+second pass and no TensorFlow. `flower_demo.predict(image, explain=True)` gives the same map for
+the top class in one call.
 
-This module owns that graph, the colour map and the blending; it needs the Keras model (a TFLite
-file has no gradients).
+`gradcam` is the gradient version, kept for models without class maps and to check the two agree:
+it weights each channel of the backbone's last convolutional feature map
+(`BACKBONES[name].feature_map`) by the mean gradient of the class logit over it, sums the channels
+and keeps the positive part. It needs the Keras model and TensorFlow.
+
+This module owns both, the colour map and the blending.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from flower_demo import models
+from flower_demo import core
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike, load_rgb, square_uint8
 
@@ -50,6 +53,8 @@ def _gradcam_graph(model, backbone_name: str) -> Callable:
         return _GRADCAM[model]
     import keras
     import tensorflow as tf
+
+    from flower_demo import models
 
     if keras.config.backend() != "tensorflow":
         raise FlowerDemoError(f"Grad-CAM needs Keras' TensorFlow backend, not {keras.config.backend()!r}")
@@ -87,34 +92,59 @@ def _gradcam_graph(model, backbone_name: str) -> Callable:
     return _GRADCAM[model]
 
 
-def gradcam(image: ImageLike, classifier=None, class_index: int | None = None) -> np.ndarray:
-    """Grad-CAM heatmap of `image` for one class: (size, size) float32 in 0..1, 1 = most important.
-
-    It covers the centre square the model sees (`process_image(image)`), at the model's input size.
-    `classifier`: a `flower_demo.predict.Classifier`, a model folder, or None for the shipped model.
-    `class_index`: 0-based index into the class names (a Prediction's class id minus 1); by
-    default the predicted class. A map with no positive evidence is all zeros.
-    """
-    import tensorflow as tf
-
-    from flower_demo.predict import _classifier
-
-    classifier = _classifier(classifier)
-    if classifier.model is None:
-        raise FlowerDemoError("Grad-CAM needs the Keras model (model.keras), not an exported TFLite file")
+def _check_class_index(classifier: core.Classifier, class_index: int | None) -> None:
     if class_index is not None and (
         not isinstance(class_index, (int, np.integer)) or not 0 <= class_index < classifier.num_classes
     ):
         raise FlowerDemoError(
             f"class_index must be an integer from 0 to {classifier.num_classes - 1}, got {class_index!r}"
         )
+
+
+def heatmap(
+    image: ImageLike,
+    classifier: core.Classifier | str | os.PathLike | None = None,
+    class_index: int | None = None,
+) -> np.ndarray:
+    """Where the evidence for one class lies in `image`: (size, size) float32 in 0..1, 1 = most.
+
+    It covers the centre square the model sees (`process_image(image)`), at the model's input size.
+    `classifier`: a `flower_demo.Classifier`, a model folder, or None for the shipped model.
+    `class_index`: 0-based index into the class names (a Prediction's class id minus 1); by
+    default the predicted class. A map with no positive evidence is all zeros.
+    """
+    classifier = core.get_classifier(classifier)
+    _check_class_index(classifier, class_index)
+    outputs = classifier.run(square_uint8(image, classifier.image_size)[None])
+    if core.CLASS_MAPS not in outputs:
+        raise FlowerDemoError(
+            f"this model ({classifier.metadata['backbone']}) returns no class activation maps; use gradcam"
+        )
+    index = int(np.argmax(outputs[core.PROBABILITIES][0])) if class_index is None else int(class_index)
+    return core.class_heatmap(outputs[core.CLASS_MAPS][0][..., index], classifier.image_size)
+
+
+def gradcam(
+    image: ImageLike,
+    classifier: core.Classifier | str | os.PathLike | None = None,
+    class_index: int | None = None,
+) -> np.ndarray:
+    """Grad-CAM of `image` from gradients, with the same conventions as `heatmap` (Keras model and
+    TensorFlow needed; the model.keras of the classifier's folder is loaded if it runs on LiteRT)."""
+    import tensorflow as tf
+
+    from flower_demo import models
+
+    classifier = core.get_classifier(classifier)
+    _check_class_index(classifier, class_index)
+    model = getattr(classifier.engine, "model", None)
+    if model is None:
+        model, _ = models.load_model(core.model_dir(classifier.engine.path))
     size = classifier.image_size
     pixels = square_uint8(image, size)[None].astype(np.float32)
-    run = _gradcam_graph(classifier.model, str(classifier.metadata["backbone"]))
+    run = _gradcam_graph(model, str(classifier.metadata["backbone"]))
     cam, _ = run(tf.constant(pixels), tf.constant(-1 if class_index is None else int(class_index), tf.int32))
-    heatmap = tf.image.resize(cam[None, :, :, None], (size, size), method="bilinear")[0, :, :, 0].numpy()
-    top = float(heatmap.max())
-    return (heatmap / top if top > 0 else np.zeros_like(heatmap)).astype(np.float32)
+    return core.class_heatmap(cam.numpy(), size)
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
@@ -144,13 +174,11 @@ def overlay(image: ImageLike, heatmap: np.ndarray, alpha: float = ALPHA) -> Imag
     return Image.blend(photo, colours, alpha)
 
 
-def save_overlay(
-    image: ImageLike, out: str | os.PathLike, classifier=None, class_index: int | None = None
-) -> os.PathLike | str:
-    """Grad-CAM of `image` blended over it, written to `out` (any format Pillow writes)."""
-    heatmap = gradcam(image, classifier, class_index)
+def save_overlay(image: ImageLike, out: str | os.PathLike, heat: np.ndarray) -> os.PathLike | str:
+    """`heat` (from `heatmap`, `gradcam` or `Prediction.heatmap`) blended over `image`, written to
+    `out` (any format Pillow writes)."""
     try:
-        overlay(image, heatmap).save(out)
+        overlay(image, heat).save(out)
     except (OSError, ValueError) as exc:  # unwritable folder, unknown extension
         raise FlowerDemoError(f"cannot write {out}: {exc}") from None
     return out

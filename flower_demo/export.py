@@ -1,22 +1,24 @@
-"""A model for phones: export to TensorFlow Lite, run the exported file, and measure it.
+"""Export a trained model to TensorFlow Lite, the file the serving core runs, and measure it.
 
-    python -m flower_demo.export --format tflite --quantize int8 --model weights --out runs/tflite \\
-        --data-dir ../shared/data/oxford_flowers102 --measure
+    python -m flower_demo.export --model runs/NAME                  # runs/NAME/model.tflite (float32)
+    python -m flower_demo.export --quantize int8 --model weights --out runs/tflite \\
+        --data-dir DATA_DIR --measure
 
-`--quantize`: none (float32), float16 (weights stored as float16, about half the size) or int8
-(weights and activations int8, calibrated on REPRESENTATIVE images: the fixture photos and their
-mirror images, plus REPRESENTATIVE_TRAIN training images when `--data-dir` is given). Input and
-output stay float32 in every case, and since preprocessing is a layer inside the Keras model the
-file takes the same input: RGB pixels 0..255, shape (1, size, size, 3); it returns the class
-probabilities. Into `--out` go `model_<quantize>.tflite` and a copy of the model's metadata.json
-that names it under "exports", so `Classifier("OUT/model_int8.tflite")` (and the predict command
-line's `--model`) runs it, with the same class names and calibration.
+Without `--out` the float32 file is written into the model folder itself as `model.tflite`, where
+the core (core.py) finds and runs it by default; `train` does this at the end of every run.
+With `--out`, `--quantize` picks none (float32), float16 (weights stored as float16, about half
+the size) or int8 (weights and activations int8, calibrated on REPRESENTATIVE images: the fixture
+photos and their mirror images, plus REPRESENTATIVE_TRAIN training images when `--data-dir` is
+given), and OUT gets `model_<quantize>.tflite` with a copy of the metadata that names it, so
+`Classifier("OUT/model_int8.tflite")` (and the predict command line's `--model`) runs it.
+Every file takes RGB pixels 0..255, shape (1, size, size, 3) float32 (preprocessing is inside),
+and returns the outputs of `models.serving_model`: probabilities, class activation maps (where
+the backbone has a feature map) and pooled features.
 
 `--measure` prints the file's size, its batch-1 CPU latency (p50) beside the Keras model's, and
 with `--data-dir` the validation top-1 of both and how often they agree.
 
-This module owns the conversion, `TFLiteModel` (the runtime predict.py uses for .tflite files:
-`tf.lite.Interpreter`, still present in TensorFlow 2.21) and those measurements.
+This module owns the conversion, those measurements and the timing helper the benchmarks share.
 """
 
 from __future__ import annotations
@@ -25,83 +27,32 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flower_demo import models
+from flower_demo import core, models
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, list_images, square_uint8
 
 FORMATS = ("tflite",)
 QUANTIZE = ("none", "float16", "int8")
-FIXTURE_PHOTOS = models.REPO_ROOT / "tests" / "fixtures" / "flowers"
+FIXTURE_PHOTOS = core.REPO_ROOT / "tests" / "fixtures" / "flowers"
 REPRESENTATIVE_TRAIN = 96  # training images added to the int8 calibration set with --data-dir
 REPRESENTATIVE_SEED = 0
 WARMUP = 5
 REPEATS = 50
 EXPORTS_KEY = "exports"
-NUM_THREADS = os.cpu_count() or 1  # interpreter threads; TensorFlow uses every core too
 
 
 def tflite_file_name(quantize: str) -> str:
     return f"model_{'float32' if quantize == 'none' else quantize}.tflite"
-
-
-# --- running an exported file ----------------------------------------------------------------
-
-
-class TFLiteModel:
-    """An exported .tflite classifier as a function: (n, size, size, 3) float32 pixels -> (n, classes).
-
-    The interpreter runs one image at a time (the file's batch size is 1) and is not thread-safe,
-    so calls are serialised by a lock.
-    """
-
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = NUM_THREADS) -> None:
-        import tensorflow as tf
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FlowerDemoError(f"model file not found: {self.path}")
-        try:
-            with warnings.catch_warnings():  # "deprecated, use ai_edge_litert": it still works in 2.21
-                warnings.simplefilter("ignore")
-                self.interpreter = tf.lite.Interpreter(model_path=str(self.path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            reason = first_line(exc)
-            raise FlowerDemoError(f"cannot load TFLite model {self.path}: {reason}") from None
-        (self._input,) = self.interpreter.get_input_details()
-        (self._output,) = self.interpreter.get_output_details()
-        shape = self._input["shape"]
-        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
-            raise FlowerDemoError(f"{self.path} does not take (1, size, size, 3) images: input shape {shape}")
-        if self._input["dtype"] != np.float32 or self._output["dtype"] != np.float32:
-            raise FlowerDemoError(
-                f"{self.path} must take and return float32 (exported by flower_demo.export)"
-            )
-        self.image_size = int(shape[1])
-        self.num_outputs = int(self._output["shape"][-1])
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.float32)
-        out = np.empty((len(batch), self.num_outputs), dtype=np.float32)
-        with self._lock:
-            for i, image in enumerate(batch):
-                self.interpreter.set_tensor(self._input["index"], image[None])
-                self.interpreter.invoke()
-                out[i] = self.interpreter.get_tensor(self._output["index"])[0]
-        return out
 
 
 # --- exporting -------------------------------------------------------------------------------
@@ -135,7 +86,7 @@ def _representative_dataset(items: list[ImageLike], size: int):
 
 
 def convert(model: Any, size: int, quantize: str, representative: list[ImageLike] | None = None) -> bytes:
-    """The TFLite flatbuffer of `model` (batch 1, float32 pixels 0..255 in, probabilities out)."""
+    """The TFLite flatbuffer of `models.serving_model(model)` (batch 1, float32 pixels 0..255 in)."""
     import tensorflow as tf
 
     if quantize not in QUANTIZE:
@@ -149,7 +100,8 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Keras prints the signature, the converter warns
-                model.export(saved, format="tf_saved_model", input_signature=signature, verbose=False)
+                serving = models.serving_model(model)
+                serving.export(saved, format="tf_saved_model", input_signature=signature, verbose=False)
                 converter = tf.lite.TFLiteConverter.from_saved_model(saved)
                 if quantize == "float16":
                     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -170,37 +122,40 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
 
 def export_tflite(
     model_path: str | os.PathLike | None,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
     quantize: str = "none",
     data_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write OUT/model_<quantize>.tflite and OUT/metadata.json (the model's, naming the file)."""
+    """Write the model folder's own `model.tflite` (float32, `out_dir` None), or
+    OUT/model_<quantize>.tflite with OUT/metadata.json (the model's, naming the file)."""
     import tensorflow as tf
 
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
-    source = models.metadata_path(model_path).parent
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == source.resolve():
-        raise FlowerDemoError(f"--out must be another folder than the model's own ({source})")
+    source = core.model_dir(model_path)
+    if out_dir is not None and Path(out_dir).resolve() == source.resolve():
+        out_dir = None
+    if out_dir is None and quantize != "none":
+        raise FlowerDemoError("a quantized file goes into another folder: give --out")
     model, metadata = models.load_model(model_path)
     size = int(metadata["image_size"])
     representative = representative_items(data_dir) if quantize == "int8" else None
     blob = convert(model, size, quantize, representative)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / tflite_file_name(quantize)
+    folder = source if out_dir is None else Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (core.TFLITE_FILE if out_dir is None else tflite_file_name(quantize))
     target.write_bytes(blob)
 
-    exports: dict[str, Any] = {}
-    previous = out_dir / models.METADATA_FILE
-    if previous.is_file():  # keep the entries of earlier exports of the same trained model
+    exports: dict[str, Any] = dict(metadata.get(EXPORTS_KEY, {})) if out_dir is None else {}
+    previous = folder / core.METADATA_FILE
+    if out_dir is not None and previous.is_file():  # keep earlier exports of the same trained model
         try:
             old = json.loads(previous.read_text())
             if (
                 old.get("created") == metadata.get("created")
                 and old.get("class_names") == metadata["class_names"]
             ):
-                exports = {n: e for n, e in old.get(EXPORTS_KEY, {}).items() if (out_dir / n).is_file()}
+                exports = {n: e for n, e in old.get(EXPORTS_KEY, {}).items() if (folder / n).is_file()}
         except (OSError, ValueError):
             pass
     exports[target.name] = {
@@ -219,79 +174,77 @@ def export_tflite(
 # --- measuring -------------------------------------------------------------------------------
 
 
-def _p50_ms(calls: list[float]) -> float:
-    return 1000.0 * statistics.median(calls)
-
-
-def latency(
-    tflite: TFLiteModel, keras_forward: Any, image: np.ndarray, repeats: int = REPEATS
-) -> dict[str, float]:
-    """Batch-1 p50 latency (ms) of both on the same preprocessed image, taking turns call by call
-    so background load hits both alike."""
-    x = image[None].astype(np.float32)
-    for _ in range(WARMUP):
-        tflite(x)
-        np.asarray(keras_forward(x))
-    times: dict[str, list[float]] = {"tflite": [], "keras": []}
+def time_interleaved(
+    runs: dict[str, Callable[[], Any]], repeats: int = REPEATS, warmup: int = WARMUP
+) -> dict[str, np.ndarray]:
+    """Seconds per call of each of `runs`, taking turns call by call so that background load hits
+    every one alike; `warmup` untimed calls each first (tracing, caches, allocator)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, run in (("tflite", tflite), ("keras", lambda v: np.asarray(keras_forward(v)))):
+        for name, run in runs.items():
             start = time.perf_counter()
-            run(x)
+            run()
             times[name].append(time.perf_counter() - start)
-    return {f"{name}_p50_ms": _p50_ms(t) for name, t in times.items()}
+    return {name: np.asarray(t) for name, t in times.items()}
 
 
-def validation_agreement(
-    tflite: TFLiteModel, model: Any, metadata: dict[str, Any], data_dir: str | os.PathLike
-) -> dict[str, Any]:
+def latency(lite: Any, keras_engine: Any, image: np.ndarray, repeats: int = REPEATS) -> dict[str, float]:
+    """Batch-1 p50 latency (ms) of both engines on the same preprocessed image."""
+    x = image[None].astype(np.float32)
+    times = time_interleaved({"tflite": lambda: lite(x), "keras": lambda: keras_engine(x)}, repeats)
+    return {f"{name}_p50_ms": 1000.0 * float(np.median(t)) for name, t in times.items()}
+
+
+def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLike) -> dict[str, Any]:
     """Validation top-1 of the TFLite file and of the Keras model, on the same decoded images."""
-    from flower_demo import calibrate, data
+    from flower_demo import data
 
     split = data.load_oxford_folder(data_dir, "validation")
-    forward = models.compiled_forward(model)
-    lite, full = [], []
-    for batch in data.iter_decoded(split.items, tflite.image_size, 32):
+    lite_p, full_p = [], []
+    for batch in data.iter_decoded(split.items, lite.image_size, 32):
         pixels = batch.astype(np.float32)
-        lite.append(tflite(pixels))
-        full.append(np.asarray(forward(pixels)))
-    lite_p, full_p = np.concatenate(lite), np.concatenate(full)
+        lite_p.append(lite(pixels)[core.PROBABILITIES])
+        full_p.append(keras_engine(pixels)[core.PROBABILITIES])
+    lite_probs, full_probs = np.concatenate(lite_p), np.concatenate(full_p)
     labels = np.asarray(split.labels)
     result = {
         "n": int(len(labels)),
-        "tflite_top1": float((lite_p.argmax(1) == labels).mean()),
-        "keras_top1": float((full_p.argmax(1) == labels).mean()),
-        "top1_agreement": float((lite_p.argmax(1) == full_p.argmax(1)).mean()),
-        "max_abs_probability_difference": float(np.abs(lite_p - full_p).max()),
+        "tflite_top1": float((lite_probs.argmax(1) == labels).mean()),
+        "keras_top1": float((full_probs.argmax(1) == labels).mean()),
+        "top1_agreement": float((lite_probs.argmax(1) == full_probs.argmax(1)).mean()),
+        "max_abs_probability_difference": float(np.abs(lite_probs - full_probs).max()),
     }
-    rule = calibrate.read_calibration(metadata)
+    rule = core.read_calibration(keras_engine.metadata)
     if rule is not None:
-        result["tflite_kept_flowers"] = float(rule.is_known(rule.probabilities(lite_p)).mean())
-        result["keras_kept_flowers"] = float(rule.is_known(rule.probabilities(full_p)).mean())
+        result["tflite_kept_flowers"] = float(rule.is_known(rule.probabilities(lite_probs)).mean())
+        result["keras_kept_flowers"] = float(rule.is_known(rule.probabilities(full_probs)).mean())
     return result
 
 
 def measure(
     tflite_path: Path, model_path: str | os.PathLike | None, data_dir: str | None, repeats: int = REPEATS
 ) -> dict[str, Any]:
-    model, metadata = models.load_model(model_path)
-    tflite = TFLiteModel(tflite_path)
+    keras_engine = models.KerasEngine(core.model_dir(model_path))
+    lite = core.LiteRTEngine(tflite_path)
     photo = next(iter(list_images(FIXTURE_PHOTOS)), None) if FIXTURE_PHOTOS.is_dir() else None
     image = (
-        square_uint8(photo, tflite.image_size)
+        square_uint8(photo, lite.image_size)
         if photo is not None
-        else np.random.default_rng(0).uniform(0, 255, (tflite.image_size, tflite.image_size, 3))
+        else np.random.default_rng(0).uniform(0, 255, (lite.image_size, lite.image_size, 3))
     )
-    keras_file = models.metadata_path(model_path).parent / models.MODEL_FILE
     result: dict[str, Any] = {
         "file": str(tflite_path),
         "tflite_mb": tflite_path.stat().st_size / 1e6,
-        "keras_mb": keras_file.stat().st_size / 1e6,
-        "threads": NUM_THREADS,
-        **latency(tflite, models.compiled_forward(model), image, repeats),
+        "keras_mb": keras_engine.path.stat().st_size / 1e6,
+        "threads": core.NUM_THREADS,
+        **latency(lite, keras_engine, image, repeats),
         "load_average": os.getloadavg()[0],
     }
     if data_dir is not None:
-        result.update(validation_agreement(tflite, model, metadata, data_dir))
+        result.update(validation_agreement(lite, keras_engine, data_dir))
     return result
 
 
@@ -322,17 +275,28 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--format", choices=FORMATS, default="tflite", help="export format (default tflite)")
-    p.add_argument("--quantize", choices=QUANTIZE, default="none", help="weight/activation precision")
-    p.add_argument("--model", default=str(models.SHIPPED_MODEL_DIR), help="model folder or .keras file")
-    p.add_argument("--out", required=True, help="folder for the .tflite file and its metadata.json")
+    p.add_argument("--format", choices=FORMATS, default="tflite", help="export format (default: tflite)")
+    p.add_argument(
+        "--quantize", choices=QUANTIZE, default="none", help="weight/activation precision (default: none)"
+    )
+    p.add_argument(
+        "--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder or .keras file (default: weights/)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for model_<quantize>.tflite and its metadata.json "
+        "(default: model.tflite in the model folder itself, float32 only)",
+    )
     p.add_argument(
         "--data-dir",
         default=None,
         help="Flowers-102 folder: training images for int8 calibration, validation for --measure",
     )
     p.add_argument("--measure", action="store_true", help="size, latency and (with --data-dir) top-1")
-    p.add_argument("--repeats", type=int, default=REPEATS, help="timed calls per latency figure")
+    p.add_argument(
+        "--repeats", type=int, default=REPEATS, help=f"timed calls per latency figure (default: {REPEATS})"
+    )
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
     args = p.parse_args(argv)
     try:

@@ -145,18 +145,6 @@ def square_uint8(source: ImageLike, size: int) -> np.ndarray:
     return np.asarray(fitted, dtype=np.uint8)
 
 
-def process_image(image: ImageLike, image_size: int | None = None) -> np.ndarray:
-    """The array the model takes for one image: (size, size, 3) float32 RGB in 0..255.
-
-    `image_size` defaults to the shipped model's input size, read from its metadata.
-    """
-    if image_size is None:
-        from flower_demo.models import read_metadata
-
-        image_size = int(read_metadata()["image_size"])
-    return square_uint8(image, image_size).astype(np.float32)
-
-
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted, by extension."""
     folder = Path(folder)

@@ -1,12 +1,15 @@
-"""The model: a small backbone registry, the classifier built on it, and how it is saved and loaded.
+"""The Keras model: a small backbone registry, the classifier built on it, saving and loading it,
+and running it as a serving engine.
 
-A saved model is a folder with two files:
+A saved model is a folder (file names and metadata reading live in core.py):
 - `model.keras`: takes RGB pixels 0..255 at its input size, returns class probabilities. The
   backbone's own preprocessing is a layer inside it, so serving can never disagree with training.
 - `metadata.json`: class names, input size, backbone, data, metrics and training settings, and
-  once `python -m flower_demo.calibrate` has run, a "calibration" entry (see calibrate.py).
-`load_model` checks that the two (and a label map, when given) agree. An exported `.tflite` file
-has its own copy of metadata.json beside it (see export.py).
+  once `python -m flower_demo.calibrate` has run, a "calibration" entry.
+- `model.tflite`: the same network exported by export.py, what the core runs by default.
+`load_model` checks the Keras file against its metadata; `serving_model` adds the outputs the core
+expects (class activation maps and pooled features beside the probabilities); `KerasEngine` is the
+core's engine for it.
 """
 
 from __future__ import annotations
@@ -20,15 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
+from flower_demo import core
 from flower_demo.errors import FlowerDemoError, first_line
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL_DIR = REPO_ROOT / "weights"
-SHIPPED_LABEL_MAP = REPO_ROOT / "label_map.json"
-MODEL_FILE = "model.keras"
-METADATA_FILE = "metadata.json"
-METADATA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -213,88 +211,83 @@ def save_model(model: keras.Model, folder: str | os.PathLike, metadata: dict[str
     """Write `model.keras` and `metadata.json` into `folder` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / MODEL_FILE)
-    metadata = {"format_version": METADATA_VERSION, **metadata}
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    model.save(folder / core.MODEL_FILE)
+    metadata = {"format_version": core.METADATA_VERSION, **metadata}
+    (folder / core.METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return folder
-
-
-def _model_dir(path: str | os.PathLike | None) -> Path:
-    path = Path(path) if path is not None else SHIPPED_MODEL_DIR
-    return path.parent if path.suffix in (".keras", ".tflite") else path
-
-
-def metadata_path(path: str | os.PathLike | None = None) -> Path:
-    """Where the metadata of the model folder (or .keras / exported .tflite file) at `path` lives."""
-    return _model_dir(path) / METADATA_FILE
-
-
-def _read_json(path: Path, what: str) -> Any:
-    """Parsed JSON of `path`, or a FlowerDemoError naming `what` is missing or unreadable."""
-    if not path.is_file():
-        raise FlowerDemoError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise FlowerDemoError(f"{what} {path} is not valid JSON: {exc}") from None
-
-
-def read_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The metadata of the model folder (or .keras file) at `path`; the shipped one by default."""
-    meta_path = metadata_path(path)
-    metadata = _read_json(meta_path, "model metadata")
-    for key in ("class_names", "image_size", "backbone"):
-        if key not in metadata:
-            raise FlowerDemoError(f"model metadata {meta_path} lacks {key!r}")
-    return metadata
 
 
 def load_model(
     path: str | os.PathLike | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Load a saved model folder (or its .keras file) and check it against its metadata."""
-    folder = _model_dir(path)
-    model_path = folder / MODEL_FILE
+    folder = core.model_dir(path)
+    model_path = folder / core.MODEL_FILE
     if not model_path.is_file():
         raise FlowerDemoError(f"model file not found: {model_path}")
-    metadata = read_metadata(folder)
+    metadata = core.read_metadata(folder)
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a broken file
         reason = first_line(exc)
         raise FlowerDemoError(f"cannot load model {model_path}: {reason}") from None
-    check_against_metadata(model_path, int(model.output_shape[-1]), model.input_shape[1], metadata)
+    core.check_against_metadata(model_path, int(model.output_shape[-1]), model.input_shape[1], metadata)
     return model, metadata
 
 
-def check_against_metadata(model_path: Path, outputs: int, size: int, metadata: dict[str, Any]) -> None:
-    """A model's output count and input size must be what its metadata says."""
-    if outputs != len(metadata["class_names"]):
-        raise FlowerDemoError(
-            f"model {model_path} has {outputs} outputs but its metadata names "
-            f"{len(metadata['class_names'])} classes"
-        )
-    if size != metadata["image_size"]:
-        raise FlowerDemoError(
-            f"model {model_path} takes {size}px images but its metadata says {metadata['image_size']}px"
-        )
+# --- serving: the outputs the core expects ---------------------------------------------------
 
 
-def label_map_from_names(class_names: list[str]) -> dict[str, str]:
-    """Label ids are 1-based, as in Flowers-102's own `imagelabels.mat`."""
-    return {str(i + 1): name for i, name in enumerate(class_names)}
+def serving_model(model: keras.Model) -> keras.Model:
+    """`model` with the outputs every engine returns (core.PROBABILITIES, CLASS_MAPS, FEATURES).
+
+    The class maps are the backbone's last feature map times the classifier's kernel (no bias):
+    for a globally average-pooled backbone and a dense head, the gradient of a class logit with
+    respect to channel k of the map is kernel[k, class] / (h * w), so each class map is that
+    class's Grad-CAM up to a positive factor, with no gradients computed. A TF-Hub backbone
+    exposes no feature map: its serving model returns probabilities and features only.
+    """
+    backbone = backbone_of(model)
+    dropout, classifier = head_of(model)
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x = model.get_layer("preprocess")(inputs)
+    outputs = {}
+    if isinstance(backbone, keras.Model) and model_backbone_name(model) in BACKBONES:
+        feature_map = backbone.get_layer(BACKBONES[model_backbone_name(model)].feature_map).output
+        both = keras.Model(backbone.input, [feature_map, backbone.output], name="backbone_with_map")
+        maps, pooled = both(x, training=False)
+        maps = keras.ops.cast(maps, "float32")
+        outputs[core.CLASS_MAPS] = keras.ops.matmul(maps, keras.ops.cast(classifier.kernel, "float32"))
+    else:
+        pooled = backbone(x, training=False)
+    pooled = keras.ops.cast(pooled, "float32")
+    outputs[core.FEATURES] = pooled
+    outputs[core.PROBABILITIES] = classifier(dropout(pooled, training=False))
+    return keras.Model(inputs, outputs, name=f"{model.name}_serving")
 
 
-def load_label_map(path: str | os.PathLike, num_classes: int) -> list[str]:
-    """Class names from a JSON label map {"1": name, ...}; its ids must be exactly 1..num_classes."""
-    path = Path(path)
-    mapping = _read_json(path, "label map")
-    if not isinstance(mapping, dict):
-        raise FlowerDemoError(f"label map {path} must be a JSON object of id -> name")
-    expected = {str(i) for i in range(1, num_classes + 1)}
-    if set(mapping) != expected:
-        raise FlowerDemoError(
-            f"label map {path} has {len(mapping)} ids, which do not match the model's "
-            f"{num_classes} classes (ids 1..{num_classes})"
-        )
-    return [str(mapping[str(i)]) for i in range(1, num_classes + 1)]
+def model_backbone_name(model: keras.Model) -> str:
+    """The registry name of `model`'s backbone, read from its preprocessing layer."""
+    return str(model.get_layer("preprocess").backbone)
+
+
+class KerasEngine:
+    """The Keras model as a core engine (see core.py): used when asked, or where TensorFlow sees a
+    GPU. On TensorFlow it runs one compiled graph for batches of any size."""
+
+    name = "keras"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.model, self.metadata = load_model(path)
+        self.path = core.model_dir(path) / core.MODEL_FILE
+        self.serving = serving_model(self.model)
+        self.forward = compiled_forward(self.serving)
+        self.image_size = int(self.model.input_shape[1])
+        self.num_classes = int(self.model.output_shape[-1])
+        self.outputs = frozenset(self.serving.output)
+        self.device = "GPU (Keras)" if gpu_available() else "CPU (Keras)"
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            name: np.asarray(value) for name, value in self.forward(np.asarray(batch, np.float32)).items()
+        }

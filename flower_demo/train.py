@@ -24,6 +24,7 @@ import argparse
 import csv
 import datetime
 import hashlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from flower_demo import data, models
+from flower_demo import core, data, models
 from flower_demo.errors import FlowerDemoError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -124,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ship",
         action="store_true",
-        help=f"also copy the result into {models.SHIPPED_MODEL_DIR} (overwrites it)",
+        help=f"also copy the result into {core.SHIPPED_MODEL_DIR} (overwrites it)",
     )
     return p.parse_args(argv)
 
@@ -415,15 +416,32 @@ def plot_history(history: dict[str, dict[str, list[float]]], path: Path) -> None
     plt.close(fig)
 
 
+def export_for_serving(run_dir: Path) -> Path | None:
+    """Write the run's model.tflite, what the serving core runs by default; where TensorFlow is
+    missing (Keras on JAX, say) say so in one line and leave the run servable by the Keras engine."""
+    if importlib.util.find_spec("tensorflow") is None:
+        print("note: TensorFlow is not installed, so no model.tflite was written; run "
+              f"`python -m flower_demo.export --model {run_dir}` where it is")  # fmt: skip
+        return None
+    from flower_demo.export import export_tflite
+
+    target = export_tflite(run_dir)
+    print(f"saved {target}")
+    return target
+
+
 def ship(run_dir: Path) -> None:
     """Copy the run's model into weights/ and write the matching label_map.json."""
-    models.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
-    for name in (models.MODEL_FILE, models.METADATA_FILE):
-        shutil.copy2(run_dir / name, models.SHIPPED_MODEL_DIR / name)
-    names = models.read_metadata(run_dir)["class_names"]
-    label_map = models.label_map_from_names(names)
-    models.SHIPPED_LABEL_MAP.write_text(json.dumps(label_map, indent=2) + "\n")
-    print(f"shipped into {models.SHIPPED_MODEL_DIR} and {models.SHIPPED_LABEL_MAP}")
+    core.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
+    for name in (core.MODEL_FILE, core.TFLITE_FILE, core.METADATA_FILE):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, core.SHIPPED_MODEL_DIR / name)
+    if not (run_dir / core.TFLITE_FILE).is_file():  # never leave a stale tflite beside a new model
+        (core.SHIPPED_MODEL_DIR / core.TFLITE_FILE).unlink(missing_ok=True)
+    names = core.read_metadata(run_dir)["class_names"]
+    label_map = core.label_map_from_names(names)
+    core.SHIPPED_LABEL_MAP.write_text(json.dumps(label_map, indent=2) + "\n")
+    print(f"shipped into {core.SHIPPED_MODEL_DIR} and {core.SHIPPED_LABEL_MAP}")
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -445,8 +463,8 @@ def run(args: argparse.Namespace) -> Path:
     if args.resume and not (args.run_dir and Path(args.run_dir).is_dir()):
         raise FlowerDemoError("--resume needs --run-dir pointing at an existing run folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or models.REPO_ROOT / "runs" / stamp)
-    if run_dir.resolve() == models.SHIPPED_MODEL_DIR.resolve():
+    run_dir = Path(args.run_dir or core.REPO_ROOT / "runs" / stamp)
+    if run_dir.resolve() == core.SHIPPED_MODEL_DIR.resolve():
         raise FlowerDemoError("--run-dir must not be weights/; use --ship to publish a run")
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "ship")}
@@ -518,7 +536,7 @@ def run(args: argparse.Namespace) -> Path:
         final = models.create_model(args.backbone, len(names), size, None, args.dropout)
         final.set_weights(model.get_weights())
         model = final
-    metrics = evaluate_model(model, val_images, val.labels)
+    metrics = evaluate_model(models.compiled_forward(model), val_images, val.labels, size)
     timings["total_seconds"] = round(time.time() - started, 1)
     print(f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})")
     metadata = {
@@ -543,7 +561,8 @@ def run(args: argparse.Namespace) -> Path:
     models.save_model(model, run_dir, metadata)
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     plot_history(history, run_dir / "curves.png")
-    print(f"saved {run_dir / models.MODEL_FILE}")
+    print(f"saved {run_dir / core.MODEL_FILE}")
+    export_for_serving(run_dir)
     if args.ship:
         ship(run_dir)
     return run_dir

@@ -1,0 +1,537 @@
+"""The serving core: everything needed to answer a photo, and nothing that needs TensorFlow.
+
+    import flower_demo
+    pred = flower_demo.predict("photo.jpg", top_k=5, explain=True)   # Prediction, heatmap included
+
+A model folder holds `metadata.json` (class names, input size, backbone, metrics, calibration)
+beside the network in one or both of two forms:
+- `model.tflite`: float32, run by LiteRT (`ai_edge_litert`), the default engine. It returns the
+  class probabilities, the class activation maps (the last feature map times the classifier's
+  kernel, which is Grad-CAM for a global-average-pooled backbone) and the pooled features.
+- `model.keras`: the trained Keras model; run when asked (ENGINE_ENV=keras, a `.keras` path) or
+  where TensorFlow sees a GPU. Its engine lives in models.py and is imported only then.
+Both take RGB pixels 0..255 at the model's input size: the backbone's preprocessing is inside.
+
+This module owns: paths and file names, reading and checking metadata and label maps, the engines,
+the calibration and "not one of the classes" rule applied at run time, `Prediction`,
+`Classifier`, `process_image`, `predict` and `predict_batch`. Everything else (training,
+evaluation, calibration fitting, export, the app, the benchmarks) imports it; it imports only
+errors.py and images.py (and models.py, for the Keras engine, only when that engine is asked for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from flower_demo.errors import FlowerDemoError, first_line
+from flower_demo.images import ImageLike, square_uint8
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL_DIR = REPO_ROOT / "weights"
+SHIPPED_LABEL_MAP = REPO_ROOT / "label_map.json"
+MODEL_FILE = "model.keras"
+TFLITE_FILE = "model.tflite"
+METADATA_FILE = "metadata.json"
+METADATA_VERSION = 1
+ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
+ENGINES = ("auto", "litert", "keras")
+NUM_THREADS = os.cpu_count() or 1  # LiteRT interpreter threads
+BATCH_SIZE = 32
+DEFAULT_TOP_K = 5
+# The names of the exported model's outputs (export.py writes them, both engines return them).
+PROBABILITIES, CLASS_MAPS, FEATURES = "probabilities", "class_maps", "features"
+
+
+# --- metadata and label maps -----------------------------------------------------------------
+
+
+def model_dir(path: str | os.PathLike | None) -> Path:
+    """The folder of a model folder, `.keras` or `.tflite` path; the shipped one for None."""
+    path = Path(path) if path is not None else SHIPPED_MODEL_DIR
+    return path.parent if path.suffix in (".keras", ".tflite") else path
+
+
+def metadata_path(path: str | os.PathLike | None = None) -> Path:
+    """Where the metadata of the model folder (or .keras / .tflite file) at `path` lives."""
+    return model_dir(path) / METADATA_FILE
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parsed JSON of `path`, or a FlowerDemoError naming `what` is missing or unreadable."""
+    if not path.is_file():
+        raise FlowerDemoError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FlowerDemoError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def read_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The metadata of the model folder (or model file) at `path`; the shipped one by default."""
+    meta_path = metadata_path(path)
+    metadata = read_json(meta_path, "model metadata")
+    if not isinstance(metadata, dict):
+        raise FlowerDemoError(f"model metadata {meta_path} must be a JSON object")
+    for key in ("class_names", "image_size", "backbone"):
+        if key not in metadata:
+            raise FlowerDemoError(f"model metadata {meta_path} lacks {key!r}")
+    return metadata
+
+
+def check_against_metadata(model_path: Path, outputs: int, size: int, metadata: dict[str, Any]) -> None:
+    """A model's output count and input size must be what its metadata says."""
+    if outputs != len(metadata["class_names"]):
+        raise FlowerDemoError(
+            f"model {model_path} has {outputs} outputs but its metadata names "
+            f"{len(metadata['class_names'])} classes"
+        )
+    if size != metadata["image_size"]:
+        raise FlowerDemoError(
+            f"model {model_path} takes {size}px images but its metadata says {metadata['image_size']}px"
+        )
+
+
+def label_map_from_names(class_names: list[str]) -> dict[str, str]:
+    """Label ids are 1-based, as in Flowers-102's own `imagelabels.mat`."""
+    return {str(i + 1): name for i, name in enumerate(class_names)}
+
+
+def load_label_map(path: str | os.PathLike, num_classes: int) -> list[str]:
+    """Class names from a JSON label map {"1": name, ...}; its ids must be exactly 1..num_classes."""
+    path = Path(path)
+    mapping = read_json(path, "label map")
+    if not isinstance(mapping, dict):
+        raise FlowerDemoError(f"label map {path} must be a JSON object of id -> name")
+    expected = {str(i) for i in range(1, num_classes + 1)}
+    if set(mapping) != expected:
+        raise FlowerDemoError(
+            f"label map {path} has {len(mapping)} ids, which do not match the model's "
+            f"{num_classes} classes (ids 1..{num_classes})"
+        )
+    return [str(mapping[str(i)]) for i in range(1, num_classes + 1)]
+
+
+# --- calibration applied at run time (fitted by calibrate.py) --------------------------------
+
+CALIBRATION_KEY = "calibration"
+OOD_RULES = ("max_softmax",)  # rules prediction can apply
+LOG_FLOOR = 1e-30  # probabilities are floored here before the log (float32 softmax can underflow to 0)
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """log p in float64, floored so that a softmax that underflowed to 0 stays finite."""
+    return np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), LOG_FLOOR))
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T) along the last axis, which equals softmax(z / T) for the model's logits z."""
+    log_p = log_probabilities(probabilities) / temperature
+    log_p -= log_p.max(axis=-1, keepdims=True)
+    scaled = np.exp(log_p)
+    return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def check_rule(rule: str) -> str:
+    if rule not in OOD_RULES:
+        raise FlowerDemoError(f"unknown out-of-distribution rule {rule!r}; known: {', '.join(OOD_RULES)}")
+    return rule
+
+
+def known_score(calibrated: np.ndarray, rule: str) -> np.ndarray:
+    """Higher = more like the training classes; `rule` is one of OOD_RULES."""
+    check_rule(rule)  # max_softmax, the only rule so far
+    return np.asarray(calibrated).max(axis=-1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature and the rule that says whether a photo is one of the known classes."""
+
+    temperature: float
+    ood_rule: str
+    ood_threshold: float
+
+    def probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """Temperature-scaled probabilities, rows of a (n, classes) or one (classes,) array."""
+        return apply_temperature(probabilities, self.temperature)
+
+    def is_known(self, calibrated: np.ndarray) -> np.ndarray:
+        """True where temperature-scaled probabilities pass the rule (bool per row)."""
+        return known_score(calibrated, self.ood_rule) >= self.ood_threshold
+
+
+def read_calibration(metadata: dict[str, Any]) -> Calibration | None:
+    """The calibration stored in a model's metadata, checked; None when there is none."""
+    stored = metadata.get(CALIBRATION_KEY)
+    if stored is None:
+        return None
+    try:
+        calibration = Calibration(
+            float(stored["temperature"]), str(stored["ood_rule"]), float(stored["ood_threshold"])
+        )
+    except (TypeError, KeyError, ValueError) as exc:
+        raise FlowerDemoError(f"model metadata has a malformed {CALIBRATION_KEY!r} entry ({exc!r})") from None
+    if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
+        raise FlowerDemoError(f"calibration temperature must be positive, got {calibration.temperature}")
+    check_rule(calibration.ood_rule)
+    if not math.isfinite(calibration.ood_threshold):
+        raise FlowerDemoError("calibration ood_threshold must be a finite number")
+    return calibration
+
+
+# --- engines ---------------------------------------------------------------------------------
+# An engine is a callable: float32 (n, size, size, 3) pixels -> {PROBABILITIES: (n, classes),
+# CLASS_MAPS: (n, h, w, classes) or absent, FEATURES: (n, d) or absent}, with attributes
+# `name`, `path`, `image_size`, `num_classes`, `outputs` (the names it returns) and `device`
+# (where it computes, in words).
+
+
+def _interpreter_class() -> Callable[..., Any]:
+    """LiteRT's Interpreter; TensorFlow's deprecated one, with a notice, where LiteRT has no wheel."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise FlowerDemoError(
+            "cannot run a .tflite model: install ai-edge-litert (pip install -r requirements.txt)"
+        ) from None
+    print(
+        "notice: ai-edge-litert is not installed; running the .tflite model with TensorFlow", file=sys.stderr
+    )
+    return tf.lite.Interpreter
+
+
+@contextlib.contextmanager
+def _native_info_lines_dropped() -> Iterator[None]:
+    """Keep the runtime's native "INFO: Created TensorFlow Lite XNNPACK delegate" line off the
+    user's terminal: the C++ library writes it to file descriptor 2, which Python cannot filter,
+    so stderr is caught in a file for the duration and every other line is written back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [
+                line
+                for line in caught.read().decode(errors="replace").splitlines()
+                if not line.startswith("INFO: ")
+            ]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+class LiteRTEngine:
+    """An exported `.tflite` classifier (batch 1) run by LiteRT, one image per invoke.
+
+    The interpreter is not thread-safe, so calls are serialised by a lock; XNNPACK uses
+    `num_threads` cores for each image.
+    """
+
+    name = "litert"
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = NUM_THREADS) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FlowerDemoError(f"model file not found: {self.path}")
+        try:
+            with _native_info_lines_dropped():
+                self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=num_threads)
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise FlowerDemoError(f"cannot load TFLite model {self.path}: {first_line(exc)}") from None
+        inputs, outputs = self._signature()
+        if len(inputs) != 1:
+            raise FlowerDemoError(f"{self.path} must take one input, it takes {len(inputs)}")
+        (self._input,) = inputs.values()
+        self._outputs = {name: detail["index"] for name, detail in outputs.items()}
+        self._shapes = {name: tuple(detail["shape"][1:]) for name, detail in outputs.items()}
+        self.outputs = frozenset(outputs)
+        shape = self._input["shape"]
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2] or shape[3] != 3:
+            raise FlowerDemoError(f"{self.path} does not take (1, size, size, 3) images: input shape {shape}")
+        if PROBABILITIES not in outputs or self._input["dtype"] != np.float32:
+            raise FlowerDemoError(f"{self.path} must take float32 images and return {PROBABILITIES!r}")
+        self.image_size = int(shape[1])
+        self.num_classes = int(outputs[PROBABILITIES]["shape"][-1])
+        self.device = f"CPU (LiteRT, {num_threads} threads)"
+        self._lock = threading.Lock()
+
+    def _signature(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        """Input and output details by name: from the file's signature (written by export.py), or,
+        for a single-output file without one, its only output taken as the probabilities."""
+        if self.interpreter.get_signature_list():
+            runner = self.interpreter.get_signature_runner()
+            return runner.get_input_details(), runner.get_output_details()
+        inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
+        outputs = self.interpreter.get_output_details()
+        if len(outputs) != 1:
+            raise FlowerDemoError(f"{self.path} has {len(outputs)} unnamed outputs; re-export it")
+        return inputs, {PROBABILITIES: outputs[0]}
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.asarray(batch, dtype=np.float32)
+        results: dict[str, list[np.ndarray]] = {name: [] for name in self._outputs}
+        with self._lock:
+            for image in batch:
+                self.interpreter.set_tensor(self._input["index"], image[None])
+                self.interpreter.invoke()
+                for name, index in self._outputs.items():
+                    results[name].append(self.interpreter.get_tensor(index)[0])
+        return {
+            name: np.stack(r) if r else np.zeros((0, *self._shapes[name]), np.float32)
+            for name, r in results.items()
+        }
+
+
+def tensorflow_sees_gpu() -> bool:
+    """Whether TensorFlow is installed and sees a GPU; TensorFlow is imported only on a machine
+    with an NVIDIA driver, so a CPU-only machine never pays its start-up."""
+    if importlib.util.find_spec("tensorflow") is None or not Path("/proc/driver/nvidia/version").exists():
+        return False
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def choose_engine(path: str | os.PathLike | None, engine: str | None = None) -> str:
+    """ "litert" or "keras" for the model at `path`, by what is asked (argument, then ENGINE_ENV),
+    the file named, what the folder holds, and whether TensorFlow sees a GPU."""
+    engine = engine or os.environ.get(ENGINE_ENV) or "auto"
+    if engine not in ENGINES:
+        raise FlowerDemoError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    suffix = Path(path).suffix if path is not None else ""
+    if suffix == ".tflite":
+        if engine == "keras":
+            raise FlowerDemoError(f"the keras engine needs a model.keras, not {path}")
+        return "litert"
+    if suffix == ".keras":
+        if engine == "litert":
+            raise FlowerDemoError(f"the litert engine needs a model.tflite, not {path}")
+        return "keras"
+    if engine != "auto":
+        return engine
+    folder = model_dir(path)
+    has_tflite, has_keras = (folder / TFLITE_FILE).is_file(), (folder / MODEL_FILE).is_file()
+    if has_keras and (not has_tflite or tensorflow_sees_gpu()):
+        return "keras"
+    return "litert"
+
+
+def open_engine(path: str | os.PathLike | None, engine: str | None = None) -> Any:
+    """The engine that runs the model at `path` (a folder, .tflite or .keras file)."""
+    chosen = choose_engine(path, engine)
+    folder = model_dir(path)
+    if chosen == "keras":
+        from flower_demo.models import KerasEngine  # TensorFlow/Keras: only when asked for
+
+        return KerasEngine(Path(path) if path is not None and Path(path).suffix == ".keras" else folder)
+    tflite = Path(path) if path is not None and Path(path).suffix == ".tflite" else folder / TFLITE_FILE
+    if not tflite.is_file() and not folder.is_dir():
+        raise FlowerDemoError(f"model folder not found: {folder}")
+    return LiteRTEngine(tflite)
+
+
+# --- predictions -----------------------------------------------------------------------------
+
+
+def process_image(image: ImageLike, image_size: int | None = None) -> np.ndarray:
+    """The array the model takes for one image: (size, size, 3) float32 RGB in 0..255.
+
+    `image_size` defaults to the shipped model's input size, read from its metadata.
+    """
+    if image_size is None:
+        image_size = int(read_metadata()["image_size"])
+    return square_uint8(image, image_size).astype(np.float32)
+
+
+@dataclass
+class Prediction:
+    """Top-K classes of one image, best first, as plain Python types (JSON-ready)."""
+
+    class_ids: list[int]  # label ids, 1-based as in label_map.json
+    class_names: list[str]
+    probabilities: list[float]
+    is_known: bool = True  # False: the calibration's rule says it is none of the model's classes
+    # With explain=True: where the top class's evidence lies, (size, size) float32 in 0..1 over
+    # the centre square the model saw; not part of as_dict().
+    heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def top1(self) -> tuple[str, float]:
+        return self.class_names[0], self.probabilities[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        del record["heatmap"]
+        return record
+
+
+def class_heatmap(class_map: np.ndarray, size: int) -> np.ndarray:
+    """One class's activation map (h, w), positive part, scaled to 0..1 and resized to (size, size).
+
+    For a global-average-pooled backbone and a dense head this is Grad-CAM: the gradient of the
+    class logit with respect to each channel is the channel's dense weight divided by h * w.
+    """
+    positive = np.maximum(np.asarray(class_map, dtype=np.float32), 0.0)
+    resized = np.asarray(Image.fromarray(positive, mode="F").resize((size, size), Image.Resampling.BILINEAR))
+    top = float(resized.max())
+    return (resized / top if top > 0 else np.zeros_like(resized)).astype(np.float32)
+
+
+class Classifier:
+    """A loaded model with its metadata, class names and calibration; load once, call many times."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        category_names: str | os.PathLike | None = None,
+        engine: str | None = None,
+    ) -> None:
+        self.metadata = read_metadata(model_path)
+        self.engine = open_engine(model_path, engine)
+        check_against_metadata(
+            self.engine.path, self.engine.num_classes, self.engine.image_size, self.metadata
+        )
+        self.calibration = read_calibration(self.metadata)
+        self.image_size = int(self.metadata["image_size"])
+        self.num_classes = len(self.metadata["class_names"])
+        self.class_names = (
+            load_label_map(category_names, self.num_classes)
+            if category_names is not None
+            else list(self.metadata["class_names"])
+        )
+        self.engine(np.zeros((1, self.image_size, self.image_size, 3), np.float32))  # warm up now
+
+    @property
+    def explains(self) -> bool:
+        """Whether the engine returns class activation maps (a keras.applications backbone)."""
+        return CLASS_MAPS in self.engine.outputs
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's outputs for a batch of process_image arrays, probabilities calibrated."""
+        outputs = dict(self.engine(np.asarray(batch, dtype=np.float32)))
+        if self.calibration is not None and len(outputs[PROBABILITIES]):
+            outputs[PROBABILITIES] = self.calibration.probabilities(outputs[PROBABILITIES])
+        return outputs
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """(n, classes) probabilities for a batch of process_image outputs (temperature-scaled
+        when the model is calibrated)."""
+        return np.asarray(self.run(batch)[PROBABILITIES])
+
+    def check_top_k(self, top_k: int | None) -> int:
+        """`top_k` if it is a valid class count; None means DEFAULT_TOP_K (or all, if fewer)."""
+        if top_k is None:
+            return min(DEFAULT_TOP_K, self.num_classes)
+        if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= self.num_classes:
+            raise FlowerDemoError(f"top_k must be an integer from 1 to {self.num_classes}, got {top_k!r}")
+        return int(top_k)
+
+    def top_k(self, probabilities: np.ndarray, k: int, class_maps: np.ndarray | None = None) -> Prediction:
+        """The best `k` classes of one image's probabilities, the calibration's verdict and, given the
+        image's class maps, the heatmap of the best class."""
+        best = np.argsort(-probabilities)[:k]
+        return Prediction(
+            class_ids=[int(i) + 1 for i in best],
+            class_names=[self.class_names[i] for i in best],
+            probabilities=[float(probabilities[i]) for i in best],
+            is_known=self.calibration is None or bool(self.calibration.is_known(probabilities)),
+            heatmap=None if class_maps is None else class_heatmap(class_maps[..., best[0]], self.image_size),
+        )
+
+    def predictions(self, pixels: np.ndarray, k: int, explain: bool = False) -> list[Prediction]:
+        """Predictions for a batch of process_image arrays (with heatmaps if `explain`)."""
+        outputs = self.run(pixels)
+        maps = outputs.get(CLASS_MAPS) if explain else None
+        if explain and maps is None:
+            raise FlowerDemoError(
+                f"this model ({self.metadata['backbone']}) returns no class activation maps; "
+                "use flower_demo.explain.gradcam"
+            )
+        return [
+            self.top_k(row, k, None if maps is None else maps[i])
+            for i, row in enumerate(outputs[PROBABILITIES])
+        ]
+
+
+_shipped: Classifier | None = None
+
+
+def get_classifier(model: Classifier | str | os.PathLike | None) -> Classifier:
+    """The given Classifier, one loaded from a path, or the shipped model (loaded once)."""
+    global _shipped
+    if isinstance(model, Classifier):
+        return model
+    if model is not None:
+        return Classifier(model)
+    if _shipped is None:
+        _shipped = Classifier()
+    return _shipped
+
+
+def predict(
+    image: ImageLike,
+    model: Classifier | str | os.PathLike | None = None,
+    top_k: int | None = None,
+    explain: bool = False,
+) -> Prediction:
+    """Top-K classes of one image (path, bytes, PIL image or array); with `explain`, the heatmap of
+    the best class too, from the same forward pass."""
+    classifier = get_classifier(model)
+    k = classifier.check_top_k(top_k)
+    pixels = square_uint8(image, classifier.image_size)[None]
+    return classifier.predictions(pixels, k, explain)[0]
+
+
+def predict_batch(
+    images: Sequence[ImageLike],
+    model: Classifier | str | os.PathLike | None = None,
+    top_k: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    skip_errors: bool = False,
+    explain: bool = False,
+) -> list[Prediction | FlowerDemoError]:
+    """Top-K classes of many images, run through the model `batch_size` at a time.
+
+    A bad image raises FlowerDemoError, or with `skip_errors` takes that error's place in the list.
+    """
+    classifier = get_classifier(model)
+    k = classifier.check_top_k(top_k)
+    results: list[Prediction | FlowerDemoError] = []
+    for start in range(0, len(images), batch_size):
+        decoded: list[np.ndarray | FlowerDemoError] = []
+        for image in images[start : start + batch_size]:
+            try:
+                decoded.append(square_uint8(image, classifier.image_size))
+            except FlowerDemoError as exc:
+                if not skip_errors:
+                    raise
+                decoded.append(exc)
+        good = [d for d in decoded if isinstance(d, np.ndarray)]
+        answers = iter(classifier.predictions(np.stack(good), k, explain) if good else [])
+        results += [next(answers) if isinstance(d, np.ndarray) else d for d in decoded]
+    return results
