@@ -28,8 +28,8 @@ from helpers import TINY_CLASSES, TINY_SIZE  # noqa: E402
 def shipped_model_dir() -> Path:
     override = os.environ.get("FLOWER_DEMO_TEST_MODEL")
     folder = Path(override) if override else REPO_ROOT / "weights"
-    if not (folder / "model.keras").is_file():
-        pytest.skip(f"no trained model in {folder} (weights/model.keras is shipped separately)")
+    if not (folder / "model.tflite").is_file() or not (folder / "model.keras").is_file():
+        pytest.skip(f"no trained model in {folder} (weights/ ships model.tflite and model.keras)")
     return folder.resolve()
 
 
@@ -40,13 +40,21 @@ def shipped_metadata(shipped_model_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def shipped_classifier(shipped_model_dir: Path):
-    """flower_demo.predict.Classifier on the shipped model, loaded once per session."""
-    from flower_demo import predict
+    """flower_demo.Classifier on the shipped model (LiteRT), loaded once per session."""
+    from flower_demo import core
 
     if os.environ.get("FLOWER_DEMO_TEST_MODEL"):
-        return predict.Classifier(shipped_model_dir)
+        return core.Classifier(shipped_model_dir)
     # The classifier predict() loads when given no model, so that is loaded once, not twice.
-    return predict._classifier(None)
+    return core.get_classifier(None)
+
+
+@pytest.fixture(scope="session")
+def shipped_keras_classifier(shipped_model_dir: Path):
+    """The shipped model run by Keras (TensorFlow), for comparisons with LiteRT."""
+    from flower_demo import core
+
+    return core.Classifier(shipped_model_dir, engine="keras")
 
 
 # --- small models built here -----------------------------------------------------------------
@@ -81,23 +89,34 @@ def mobilenet_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, mobilenet_weights: Path) -> Path:
-    """A saved 3-class, 32 px MobileNetV2 classifier (model.keras + metadata.json)."""
+    """A saved 3-class, 32 px MobileNetV2 classifier: model.keras, metadata.json and the
+    model.tflite that the serving core runs by default."""
     import keras
 
-    from flower_demo import models
+    from flower_demo import export, models
 
     keras.utils.set_random_seed(7)
     model = models.create_model("mobilenet_v2", len(TINY_CLASSES), TINY_SIZE, str(mobilenet_weights))
     folder = tmp_path_factory.mktemp("tiny_model")
     metadata = {"class_names": TINY_CLASSES, "image_size": TINY_SIZE, "backbone": "mobilenet_v2"}
-    return models.save_model(model, folder, metadata)
+    models.save_model(model, folder, metadata)
+    export.export_tflite(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_dir: Path):
-    from flower_demo.predict import Classifier
+    """The tiny model as users get it by default: LiteRT."""
+    from flower_demo.core import Classifier
 
     return Classifier(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_classifier(tiny_model_dir: Path):
+    from flower_demo.core import Classifier
+
+    return Classifier(tiny_model_dir, engine="keras")
 
 
 def pytest_configure(config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -60,3 +61,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_module(module: str, *args: object, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS...` from the repository root, the way users run our commands."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FIXTURE_FLOWERS, REPO_ROOT, TINY_SIZE, save_solid
+from helpers import FIXTURE_FLOWERS, REPO_ROOT, TINY_SIZE, run_module, save_solid
 from scipy.io import savemat
 
-from flower_demo import FlowerDemoError, calibrate, models
-from flower_demo.predict import Classifier, predict, predict_batch
-from flower_demo.predict import main as predict_main
+from flower_demo import FlowerDemoError, calibrate, core, models
+from flower_demo.core import Classifier, predict, predict_batch
 
 NON_FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "non_flowers").glob("*.jpg"))
 CLEAR_FLOWERS = ["073_water_lily.jpg", "088_cyclamen.jpg"]
@@ -32,11 +31,11 @@ def random_logits(n: int, classes: int, seed: int = 0) -> np.ndarray:
 def test_temperature_on_probabilities_equals_temperature_on_logits() -> None:
     logits = random_logits(50, 7)
     for temperature in (0.3, 1.0, 2.5):
-        scaled = calibrate.apply_temperature(calibrate.softmax(logits), temperature)
+        scaled = core.apply_temperature(calibrate.softmax(logits), temperature)
         np.testing.assert_allclose(scaled, calibrate.softmax(logits, temperature), atol=1e-6)
-    one = calibrate.apply_temperature(calibrate.softmax(logits)[0], 0.5)  # a single row
+    one = core.apply_temperature(calibrate.softmax(logits)[0], 0.5)  # a single row
     assert one.shape == (7,) and one.sum() == pytest.approx(1.0, abs=1e-6)
-    zeros = calibrate.apply_temperature(np.array([[1.0, 0.0, 0.0]]), 0.5)  # underflowed classes
+    zeros = core.apply_temperature(np.array([[1.0, 0.0, 0.0]]), 0.5)  # underflowed classes
     assert np.isfinite(zeros).all() and zeros[0, 0] == pytest.approx(1.0)
 
 
@@ -80,9 +79,9 @@ def test_auroc_energy_and_threshold() -> None:
 
 
 def test_read_calibration() -> None:
-    assert calibrate.read_calibration({}) is None
+    assert core.read_calibration({}) is None
     good = {"temperature": 0.5, "ood_rule": "max_softmax", "ood_threshold": 0.4}
-    assert calibrate.read_calibration({"calibration": good}) == calibrate.Calibration(0.5, "max_softmax", 0.4)
+    assert core.read_calibration({"calibration": good}) == core.Calibration(0.5, "max_softmax", 0.4)
     for bad, reason in [
         ({"temperature": 0.5}, "malformed"),
         ({**good, "temperature": -1}, "positive"),
@@ -91,7 +90,7 @@ def test_read_calibration() -> None:
         ({**good, "ood_threshold": float("nan")}, "finite"),
     ]:
         with pytest.raises(FlowerDemoError, match=reason):
-            calibrate.read_calibration({"calibration": bad})
+            core.read_calibration({"calibration": bad})
 
 
 @pytest.fixture
@@ -118,11 +117,11 @@ def test_classifier_applies_temperature_and_rule(tiny_classifier, calibrated_cop
     photo = save_solid(tmp_path / "x.png", (10, 200, 30), noise=10)
     raw = predict(photo, tiny_classifier, top_k=3)
     folder = calibrated_copy(temperature=0.5, threshold=0.0)
-    stored = json.loads((folder / models.METADATA_FILE).read_text())["calibration"]
+    stored = json.loads((folder / core.METADATA_FILE).read_text())["calibration"]
     assert "details" not in stored and stored["temperature"] == 0.5
     models.load_model(folder)  # the consistency checks still pass with a calibration stored
     sharp = predict(photo, Classifier(folder), top_k=3)
-    expected = calibrate.apply_temperature(np.array(raw.probabilities), 0.5)  # top-3 of 3 = all
+    expected = core.apply_temperature(np.array(raw.probabilities), 0.5)  # top-3 of 3 = all
     assert sharp.class_names == raw.class_names  # temperature never changes the ranking
     np.testing.assert_allclose(sharp.probabilities, expected, atol=1e-5)
     assert sharp.is_known is True
@@ -131,19 +130,19 @@ def test_classifier_applies_temperature_and_rule(tiny_classifier, calibrated_cop
     assert all(not p.is_known for p in predict_batch([photo, photo], rejecting))
 
 
-def test_cli_shows_rejection(calibrated_copy, tmp_path: Path, capsys) -> None:
+def test_cli_shows_rejection(calibrated_copy, tmp_path: Path) -> None:
     photo = save_solid(tmp_path / "x.png", (10, 200, 30))
     folder = calibrated_copy(temperature=1.0, threshold=1.01)
-    assert predict_main([str(photo), "--model", str(folder)]) == 0
-    assert "does not look like one of the classes" in capsys.readouterr().out
-    assert predict_main([str(photo), "--model", str(folder), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["is_known"] is False
+    result = run_module("flower_demo.predict", photo, "--model", folder)
+    assert result.returncode == 0 and "does not look like one of the classes" in result.stdout
+    result = run_module("flower_demo.predict", photo, "--model", folder, "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)[0]["is_known"] is False
 
 
 def test_bad_stored_calibration_is_a_readable_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
-    path = folder / models.METADATA_FILE
+    path = folder / core.METADATA_FILE
     metadata = json.loads(path.read_text())
     path.write_text(json.dumps({**metadata, "calibration": {"temperature": 0}}))
     with pytest.raises(FlowerDemoError, match="calibration"):
@@ -188,7 +187,7 @@ def test_calibrate_command_writes_metadata_predictions_use(
     assert calibrate.main(["--model", str(flowers102_model), "--data-dir", str(fake_flowers102)]) == 0
     out = capsys.readouterr().out
     assert "ECE (15 bins)" in out and "AUROC" in out and "temperature T =" in out
-    stored = json.loads((flowers102_model / models.METADATA_FILE).read_text())["calibration"]
+    stored = json.loads((flowers102_model / core.METADATA_FILE).read_text())["calibration"]
     assert stored["ood_rule"] == "max_softmax" and stored["temperature"] > 0
     assert stored["report"]["validation_images"] == 40
     assert stored["report"]["non_flowers"] == len(calibrate.non_flower_photos())
@@ -206,11 +205,11 @@ def test_calibrate_dry_run_and_errors(
 ) -> None:
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")
-    before = (flowers102_model / models.METADATA_FILE).read_text()
+    before = (flowers102_model / core.METADATA_FILE).read_text()
     args = ["--model", str(flowers102_model), "--data-dir", str(fake_flowers102), "--dry-run", "--json"]
     assert calibrate.main(args) == 0
     assert "temperature" in json.loads(capsys.readouterr().out)
-    assert (flowers102_model / models.METADATA_FILE).read_text() == before
+    assert (flowers102_model / core.METADATA_FILE).read_text() == before
     assert calibrate.main(["--model", str(flowers102_model), "--data-dir", str(tmp_path)]) == 1
     assert "not a Flowers-102 folder" in capsys.readouterr().err
 

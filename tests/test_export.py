@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_SIZE, fixture_photos, save_solid
+from helpers import TINY_SIZE, error_lines, fixture_photos, run_module, save_solid
 
-from flower_demo import FlowerDemoError, explain, export, models
+from flower_demo import FlowerDemoError, core, export
+from flower_demo.core import Classifier, predict_batch
 from flower_demo.images import square_uint8
-from flower_demo.predict import Classifier, predict_batch
-from flower_demo.predict import main as predict_main
 
 # int8 moves probabilities by a few points (up to ~0.05 measured), so a close second may swap
 # places with the first on one photo; float16 must agree everywhere.
@@ -43,8 +42,8 @@ def colour_photos(tmp_path_factory) -> list[Path]:
 
 
 def test_export_writes_files_and_metadata(tiny_exports: Path, tiny_model_dir: Path) -> None:
-    metadata = json.loads((tiny_exports / models.METADATA_FILE).read_text())
-    source = json.loads((tiny_model_dir / models.METADATA_FILE).read_text())
+    metadata = json.loads((tiny_exports / core.METADATA_FILE).read_text())
+    source = json.loads((tiny_model_dir / core.METADATA_FILE).read_text())
     assert metadata["class_names"] == source["class_names"]
     files = {export.tflite_file_name(q) for q in TINY_QUANTIZE}
     assert set(metadata[export.EXPORTS_KEY]) == files  # each export added itself
@@ -53,14 +52,14 @@ def test_export_writes_files_and_metadata(tiny_exports: Path, tiny_model_dir: Pa
     assert metadata[export.EXPORTS_KEY]["model_int8.tflite"]["representative_images"] > 0
 
 
-def test_tflite_classifier_agrees_with_keras(tiny_exports, tiny_classifier, colour_photos) -> None:
+def test_tflite_classifier_agrees_with_keras(tiny_exports, tiny_keras_classifier, colour_photos) -> None:
     pixels = np.stack([square_uint8(photo, TINY_SIZE) for photo in colour_photos]).astype(np.float32)
-    expected = tiny_classifier.probabilities(pixels)
+    expected = tiny_keras_classifier.probabilities(pixels)
     # The untrained tiny model's int8 file is calibrated on flower photos, not on these colours,
     # so only float32 is held to Keras' numbers here; int8 quality is checked on the shipped model.
     for quantize, tolerance in (("none", 1e-4), ("int8", None)):
         lite = Classifier(tiny_exports / export.tflite_file_name(quantize))
-        assert lite.model is None and lite.image_size == TINY_SIZE
+        assert lite.engine.name == "litert" and lite.image_size == TINY_SIZE
         got = lite.probabilities(pixels)
         assert got.shape == expected.shape and (got >= 0).all()
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=0.05)
@@ -71,45 +70,74 @@ def test_tflite_classifier_agrees_with_keras(tiny_exports, tiny_classifier, colo
         ]
 
 
-def test_tflite_from_the_command_line(tiny_exports: Path, colour_photos, capsys) -> None:
-    model = str(tiny_exports / "model_float32.tflite")
-    assert predict_main([str(colour_photos[0]), "--model", model, "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)[0]["class_names"]) == 3
-    assert predict_main([str(colour_photos[0]), "--model", model, "--explain", "x.png"]) == 2
-    assert "--explain needs a Keras model" in capsys.readouterr().err
+def test_tflite_from_the_command_line(tiny_exports: Path, colour_photos, tmp_path: Path) -> None:
+    model = tiny_exports / "model_int8.tflite"
+    result = run_module("flower_demo.predict", colour_photos[0], "--model", model, "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)[0]["class_names"]) == 3
+    out = tmp_path / "x.png"  # exported files return class maps: --explain works on them too
+    result = run_module("flower_demo.predict", colour_photos[0], "--model", model, "--explain", out)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
 
 
-def test_gradcam_needs_keras(tiny_exports: Path, colour_photos) -> None:
-    lite = Classifier(tiny_exports / "model_int8.tflite")
-    with pytest.raises(FlowerDemoError, match="needs the Keras model"):
-        explain.gradcam(colour_photos[0], lite)
+def test_exported_outputs(tiny_model_dir: Path, tiny_keras_classifier) -> None:
+    """model.tflite returns what the Keras serving model returns: probabilities, the class maps of
+    the last feature map and the pooled features, by name."""
+    lite = core.LiteRTEngine(tiny_model_dir / core.TFLITE_FILE)
+    assert lite.outputs == {core.PROBABILITIES, core.CLASS_MAPS, core.FEATURES}
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, TINY_SIZE, TINY_SIZE, 3)).astype(np.float32)
+    got, expected = lite(pixels), tiny_keras_classifier.engine(pixels)
+    for name in lite.outputs:
+        assert got[name].shape == expected[name].shape, name
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-3, atol=1e-4)
+    assert got[core.CLASS_MAPS].shape[-1] == 3 and got[core.FEATURES].shape == (2, 1280)
 
 
 def test_export_errors(tiny_model_dir: Path, tiny_exports: Path, tmp_path: Path) -> None:
     with pytest.raises(FlowerDemoError, match="another folder"):
         export.export_tflite(tiny_model_dir, tiny_model_dir, "float16")
+    with pytest.raises(FlowerDemoError, match="another folder"):
+        export.export_tflite(tiny_model_dir, None, "int8")
     with pytest.raises(FlowerDemoError, match="unknown quantization"):
         export.export_tflite(tiny_model_dir, tmp_path, "int4")
     broken = tmp_path / "broken" / "model.tflite"
     broken.parent.mkdir()
     broken.write_bytes(b"not a flatbuffer" * 64)
-    (broken.parent / models.METADATA_FILE).write_text((tiny_exports / models.METADATA_FILE).read_text())
+    (broken.parent / core.METADATA_FILE).write_text((tiny_exports / core.METADATA_FILE).read_text())
     with pytest.raises(FlowerDemoError, match="cannot load TFLite model"):
         Classifier(broken)
-    with pytest.raises(FlowerDemoError, match="model file not found"):
+    with pytest.raises(FlowerDemoError, match="not found"):
         Classifier(tmp_path / "missing.tflite")
 
 
-def test_export_command(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.slow
+def test_export_command(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["--format", "tflite", "--quantize", "float16", "--model", str(tiny_model_dir), "--out", str(out)]
-    assert export.main([*args, "--measure", "--repeats", "3", "--json"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    args = ["--format", "tflite", "--quantize", "float16", "--model", tiny_model_dir, "--out", out]
+    result = run_module("flower_demo.export", *args, "--measure", "--repeats", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("wrote ") and (out / "model_float16.tflite").is_file()
     measured = json.loads(lines[-1])
     assert measured["tflite_p50_ms"] > 0 and measured["keras_p50_ms"] > 0 and measured["tflite_mb"] > 0
-    assert export.main(["--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 1
-    assert "model file not found" in capsys.readouterr().err
+    result = run_module("flower_demo.export", "--model", tmp_path / "nowhere", "--out", out)
+    assert result.returncode == 1 and "model file not found" in error_lines(result.stderr)[0]
+
+
+@pytest.mark.slow
+def test_export_into_the_model_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Without --out the float32 file lands in the folder as model.tflite, recorded in its metadata,
+    and the folder then serves through LiteRT."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in (core.MODEL_FILE, core.METADATA_FILE):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    assert core.choose_engine(folder) == "keras"  # no model.tflite yet
+    result = run_module("flower_demo.export", "--model", folder)
+    assert result.returncode == 0, result.stderr
+    assert (folder / core.TFLITE_FILE).is_file() and core.choose_engine(folder) == "litert"
+    assert core.TFLITE_FILE in core.read_metadata(folder)[export.EXPORTS_KEY]
 
 
 # --- the shipped model -----------------------------------------------------------------------
@@ -135,4 +163,4 @@ def test_shipped_tflite_names_the_same_species(
     disagreements = sum(a != b for a, b in zip(expected, got))
     assert disagreements <= (INT8_DISAGREEMENTS_ALLOWED if quantize == "int8" else 0), (expected, got)
     size = (shipped_exports / export.tflite_file_name(quantize)).stat().st_size
-    assert size < (shipped_model_dir / models.MODEL_FILE).stat().st_size  # smaller than model.keras
+    assert size < (shipped_model_dir / core.MODEL_FILE).stat().st_size  # smaller than model.keras

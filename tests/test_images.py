@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, TINY_CLASSES, TINY_SIZE, fixture_photos, label_id, save_solid
+from helpers import (
+    REPO_ROOT,
+    TINY_CLASSES,
+    TINY_SIZE,
+    error_lines,
+    fixture_photos,
+    label_id,
+    run_module,
+    save_solid,
+)
 from PIL import Image
 
 import flower_demo
@@ -347,13 +356,27 @@ def test_predict_input_types_agree(tiny_classifier, good_pngs):
     check_prediction(flower_demo.predict(path, model=tiny_classifier, top_k=1), tiny_classifier, 1)
 
 
-def test_package_predict_stays_callable_after_submodule_import(tiny_classifier, good_pngs):
-    """`import flower_demo.predict` rebinds the package attribute to the module."""
-    import flower_demo.predict  # noqa: F401
+def test_package_api_is_the_core(tiny_classifier, good_pngs):
+    """`flower_demo.predict` is the core's function (the command line module is never imported)."""
+    from flower_demo import core
 
-    assert callable(flower_demo.predict)
+    assert flower_demo.predict is core.predict and flower_demo.process_image is core.process_image
     result = flower_demo.predict(good_pngs[0], model=tiny_classifier, top_k=2)
     check_prediction(result, tiny_classifier, 2)
+
+
+def test_serving_never_imports_tensorflow(tiny_model_dir, good_pngs):
+    """Answering a photo, its heatmap included, needs neither TensorFlow nor Keras, nor the tools."""
+    code = (
+        "import sys, flower_demo; from flower_demo import explain\n"
+        f"p = flower_demo.predict({str(good_pngs[0])!r}, {str(tiny_model_dir)!r}, explain=True)\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'flower_demo.models', 'flower_demo.export',"
+        " 'flower_demo.calibrate', 'flower_demo.predict') if m in sys.modules]\n"
+        "print(p.heatmap.shape, heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"({TINY_SIZE}, {TINY_SIZE}) []"
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -399,10 +422,10 @@ def test_predict_batch(tiny_classifier, good_pngs, bad_files):
 def test_evaluate_and_predict_share_one_preprocessing_path(tiny_classifier, good_pngs):
     from flower_demo.evaluate import predict_probabilities
 
-    probabilities = predict_probabilities(tiny_classifier.model, good_pngs)
+    probabilities = predict_probabilities(tiny_classifier.probabilities, good_pngs, TINY_SIZE)
     assert probabilities.shape == (len(good_pngs), len(TINY_CLASSES))
     decoded = np.stack([square_uint8(p, TINY_SIZE) for p in good_pngs])
-    from_arrays = predict_probabilities(tiny_classifier.model, decoded)
+    from_arrays = predict_probabilities(tiny_classifier.probabilities, decoded, TINY_SIZE)
     np.testing.assert_allclose(from_arrays, probabilities, atol=1e-5)
     for path, row in zip(good_pngs, probabilities):
         prediction = flower_demo.predict(path, model=tiny_classifier, top_k=3)
@@ -411,7 +434,7 @@ def test_evaluate_and_predict_share_one_preprocessing_path(tiny_classifier, good
 
 
 def test_label_map(tiny_model_dir, tmp_path, good_pngs):
-    from flower_demo.predict import Classifier
+    from flower_demo.core import Classifier
 
     names = {"1": "Ape", "2": "Bee", "3": "Cat"}
     (tmp_path / "ok.json").write_text(json.dumps(names))
@@ -429,18 +452,8 @@ def test_label_map(tiny_model_dir, tmp_path, good_pngs):
 # --- the command line ------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flower_demo.predict", *map(str, args)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    return run_module("flower_demo.predict", *args)
 
 
 @pytest.fixture(scope="session")
@@ -477,25 +490,24 @@ def test_cli_reports_each_bad_input_and_goes_on(cli_model, bad_files):
         assert lines[1].split(maxsplit=1)[1].rsplit(maxsplit=1)[0] == expected
 
 
-def test_cli_main_arguments(tiny_model_dir, tmp_path, capsys):
-    """The command line in-process (each new process costs seconds of TensorFlow start-up)."""
-    from flower_demo.predict import main
-
+@pytest.mark.slow
+def test_cli_arguments(tiny_model_dir, tmp_path):
     five = tmp_path / "five.json"
     five.write_text(json.dumps({str(i): f"flower {i}" for i in range(1, 6)}))
     cases = [
         (["--top_k", "0"], "top_k must be an integer from 1 to 3"),
         (["--top_k", "1000"], "top_k must be an integer from 1 to 3"),
         (["--category_names", str(five)], "do not match"),
-        (["--model", str(tmp_path)], "model file not found"),
+        (["--model", str(tmp_path)], "model metadata not found"),
+        (["--model", str(tmp_path / "gone")], "not found"),
+        (["--engine", "litert", "--model", str(tiny_model_dir / "model.keras")], "litert engine needs"),
     ]
     for extra, reason in cases:
-        argv = [str(PHOTOS[0]), "--model", str(tiny_model_dir), "--top_k", "3", *extra]
-        assert main(argv) == 2
-        captured = capsys.readouterr()
-        errors = error_lines(captured.err)
-        assert len(errors) == 1 and reason in errors[0], (extra, captured.err)
-        assert captured.out == ""
+        result = run_cli(PHOTOS[0], "--model", tiny_model_dir, "--top_k", "3", *extra)
+        assert result.returncode == 2, (extra, result.stderr)
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and reason in errors[0], (extra, result.stderr)
+        assert result.stdout == "" and "Traceback" not in result.stderr
 
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"1": "Ape", "2": "Bee", "3": "Cat"}))
@@ -503,15 +515,20 @@ def test_cli_main_arguments(tiny_model_dir, tmp_path, capsys):
     folder.mkdir()
     for photo in PHOTOS[:2]:
         (folder / photo.name).write_bytes(photo.read_bytes())
-    argv = [str(folder), str(tmp_path / "gone.jpg"), "--model", str(tiny_model_dir)]
-    assert main([*argv, "--top_k", "2", "--category_names", str(labels), "--json"]) == 1
-    captured = capsys.readouterr()
-    records = json.loads(captured.out)
+    argv = [folder, tmp_path / "gone.jpg", "--model", tiny_model_dir]
+    result = run_cli(*argv, "--top_k", "2", "--category_names", labels, "--json")
+    assert result.returncode == 1
+    records = json.loads(result.stdout)
     assert [Path(r["image"]).name for r in records] == [p.name for p in PHOTOS[:2]] + ["gone.jpg"]
     assert all(set(r["class_names"]) <= {"Ape", "Bee", "Cat"} for r in records[:2])
     assert all(len(r["probabilities"]) == 2 for r in records[:2])
     assert "no such file" in records[2]["error"]
-    assert len(error_lines(captured.err)) == 1
+    assert len(error_lines(result.stderr)) == 1
+    # The Keras engine gives the same answers as LiteRT.
+    keras = run_cli(*argv, "--top_k", "2", "--category_names", labels, "--json", "--engine", "keras")
+    for lite_record, keras_record in zip(records[:2], json.loads(keras.stdout)[:2]):
+        assert keras_record["class_ids"] == lite_record["class_ids"]
+        np.testing.assert_allclose(keras_record["probabilities"], lite_record["probabilities"], atol=1e-4)
 
 
 # --- the shipped model -----------------------------------------------------------------------
@@ -560,9 +577,9 @@ def test_shipped_model_input_types_and_evaluate_agree(shipped_classifier):
     for source in (array, array.astype(np.float64)):
         assert flower_demo.predict(source, model=shipped_classifier).class_ids[0] == by_path.class_ids[0]
 
-    probabilities = predict_probabilities(shipped_classifier.model, PHOTOS)
-    if shipped_classifier.calibration is not None:  # predict() reports temperature-scaled probabilities
-        probabilities = shipped_classifier.calibration.probabilities(probabilities)
+    probabilities = predict_probabilities(
+        shipped_classifier.probabilities, PHOTOS, shipped_classifier.image_size
+    )
     for photo, row in zip(PHOTOS, probabilities):
         prediction = flower_demo.predict(photo, model=shipped_classifier, top_k=3)
         assert prediction.class_ids[0] == int(np.argmax(row)) + 1

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from helpers import TINY_CLASSES, TINY_SIZE
 
-from flower_demo import FlowerDemoError, models
+from flower_demo import FlowerDemoError, core, models
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.uniform(0, 255, (3, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
@@ -72,8 +72,8 @@ def test_preprocess_layer_matches_the_backbone(backbone, reference):
 def test_save_load_round_trip(tiny_model_dir, tmp_path):
     model, metadata = models.load_model(tiny_model_dir)
     assert metadata["class_names"] == TINY_CLASSES and metadata["image_size"] == TINY_SIZE
-    assert metadata["format_version"] == models.METADATA_VERSION
-    assert models.read_metadata(tiny_model_dir / models.MODEL_FILE) == metadata  # a .keras path works too
+    assert metadata["format_version"] == core.METADATA_VERSION
+    assert core.read_metadata(tiny_model_dir / core.MODEL_FILE) == metadata  # a .keras path works too
     assert not np.allclose(outputs(model)[0], 1 / 3, atol=1e-3)  # not a degenerate model
 
     # compiled_forward: one traced graph per model, same numbers as calling the model
@@ -85,7 +85,7 @@ def test_save_load_round_trip(tiny_model_dir, tmp_path):
 
     # a model saved from the loaded one (given as its .keras file) gives the same outputs
     models.save_model(model, tmp_path / "copy", {**metadata, "note": "copy"})
-    copy, copy_metadata = models.load_model(tmp_path / "copy" / models.MODEL_FILE)
+    copy, copy_metadata = models.load_model(tmp_path / "copy" / core.MODEL_FILE)
     assert copy_metadata["note"] == "copy"
     np.testing.assert_allclose(outputs(copy), outputs(model), atol=1e-6)
 
@@ -150,7 +150,7 @@ def model_copy(tiny_model_dir, tmp_path):
 
 
 def edit_metadata(folder, **changes):
-    path = folder / models.METADATA_FILE
+    path = folder / core.METADATA_FILE
     metadata = json.loads(path.read_text())
     metadata.update(changes)
     path.write_text(json.dumps(metadata))
@@ -174,20 +174,20 @@ def test_load_refuses_wrong_image_size(model_copy):
 
 def test_load_refuses_missing_files(model_copy, tmp_path):
     refuses(tmp_path / "nowhere", "model file not found")
-    (model_copy / models.METADATA_FILE).unlink()
+    (model_copy / core.METADATA_FILE).unlink()
     refuses(model_copy, "model metadata not found")
 
 
 def test_load_refuses_bad_metadata(model_copy):
-    (model_copy / models.METADATA_FILE).write_text("{not json")
+    (model_copy / core.METADATA_FILE).write_text("{not json")
     refuses(model_copy, "model metadata .* is not valid JSON")
-    (model_copy / models.METADATA_FILE).write_text(json.dumps({"class_names": ["a"], "image_size": 32}))
+    (model_copy / core.METADATA_FILE).write_text(json.dumps({"class_names": ["a"], "image_size": 32}))
     refuses(model_copy, "lacks 'backbone'")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_load_refuses_corrupt_model_file(model_copy, damage):
-    path = model_copy / models.MODEL_FILE
+    path = model_copy / core.MODEL_FILE
     content = path.read_bytes()
     broken = {"garbage": b"not a keras file" * 100, "truncated": content[:5000], "empty": b""}
     path.write_bytes(broken[damage])
@@ -196,11 +196,11 @@ def test_load_refuses_corrupt_model_file(model_copy, damage):
 
 def test_label_map(tmp_path):
     names = ["rose", "tulip", "daisy"]
-    mapping = models.label_map_from_names(names)
+    mapping = core.label_map_from_names(names)
     assert mapping == {"1": "rose", "2": "tulip", "3": "daisy"}
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(dict(reversed(list(mapping.items())))))  # order in the file is free
-    assert models.load_label_map(path, 3) == names
+    assert core.load_label_map(path, 3) == names
 
     bad = {
         "zero_based.json": {"0": "rose", "1": "tulip", "2": "daisy"},
@@ -212,16 +212,16 @@ def test_label_map(tmp_path):
         (tmp_path / name).write_text(json.dumps(content))
         reason = "must be a JSON object" if name == "list.json" else "do not match the model's 3 classes"
         with pytest.raises(FlowerDemoError, match=reason):
-            models.load_label_map(tmp_path / name, 3)
+            core.load_label_map(tmp_path / name, 3)
     (tmp_path / "broken.json").write_text('{"1": "rose",')
     with pytest.raises(FlowerDemoError, match="not valid JSON"):
-        models.load_label_map(tmp_path / "broken.json", 3)
+        core.load_label_map(tmp_path / "broken.json", 3)
     with pytest.raises(FlowerDemoError, match="label map not found"):
-        models.load_label_map(tmp_path / "absent.json", 3)
+        core.load_label_map(tmp_path / "absent.json", 3)
 
 
 def test_shipped_label_map_matches_shipped_model(shipped_metadata):
-    if not models.SHIPPED_LABEL_MAP.is_file():
+    if not core.SHIPPED_LABEL_MAP.is_file():
         pytest.skip("no label_map.json")
-    names = models.load_label_map(models.SHIPPED_LABEL_MAP, len(shipped_metadata["class_names"]))
+    names = core.load_label_map(core.SHIPPED_LABEL_MAP, len(shipped_metadata["class_names"]))
     assert names == shipped_metadata["class_names"]

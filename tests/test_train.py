@@ -14,8 +14,8 @@ import pytest
 from helpers import make_class_tree
 from PIL import Image
 
-from flower_demo import models, train
-from flower_demo.predict import Classifier, predict
+from flower_demo import core, models, train
+from flower_demo.core import Classifier, predict
 
 COLOURS = {"sun_flower": (240, 220, 30), "blue?bell": (30, 60, 220), "red rose": (220, 30, 40)}
 NAMES = ["bluebell", "red rose", "sun flower"]  # sorted by folder name, cleaned
@@ -37,7 +37,7 @@ def train_args(tree: Path, weights: Path, run_dir: Path, stage1: int, stage2: in
 
 def shipped_state() -> dict[str, tuple[int, int]]:
     """Size and modification time of everything `--ship` would write."""
-    paths = [*sorted(models.SHIPPED_MODEL_DIR.glob("*")), models.SHIPPED_LABEL_MAP]
+    paths = [*sorted(core.SHIPPED_MODEL_DIR.glob("*")), core.SHIPPED_LABEL_MAP]
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()}
 
 
@@ -136,7 +136,7 @@ def test_resume_needs_an_existing_run_dir(tmp_path, image_tree, mobilenet_weight
 
 def test_run_dir_must_not_be_weights(image_tree, mobilenet_weights, capsys):
     before = shipped_state()
-    args = train_args(image_tree, mobilenet_weights, models.SHIPPED_MODEL_DIR, 1, 1)
+    args = train_args(image_tree, mobilenet_weights, core.SHIPPED_MODEL_DIR, 1, 1)
     assert train.main(args) == 1
     assert "must not be weights/" in capsys.readouterr().err
     assert shipped_state() == before
