@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import data, models
+from flower_demo import calibrate, data, models, report
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike
 
@@ -47,6 +47,7 @@ def metrics_from(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any
         "top5": float(top5.mean()),
         "n": int(len(labels)),
         "predicted": ranked[:, 0],
+        "probabilities": probabilities,
     }
 
 
@@ -110,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         help="print one JSON object: top1, top5, n, expected",
     )
     p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix here")
+    p.add_argument("--report", metavar="DIR", help="also write the report of where the model fails into DIR")
     args = p.parse_args(argv)
     try:
+        if args.report:
+            report.check_out_dir(args.report)
         model, metadata = models.load_model(args.model)
         if args.data_dir:
             split = data.load_oxford_folder(args.data_dir, args.split)
@@ -124,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
             )
         result = evaluate_model(model, split.items, split.labels)
+        if args.report:  # of the probabilities users are served: temperature-scaled if calibrated
+            served, calibration = result["probabilities"], calibrate.read_calibration(metadata)
+            served = served if calibration is None else calibration.probabilities(served)
+            title = f"Evaluation report: model {Path(args.model).name}"
+            page = report.write_report(
+                args.report, served, split.labels, metadata["class_names"], split.items, title, split.source
+            )
+            result["report"] = str(page)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "top5": result["top5"],
         "n": result["n"],
         "expected": split.expected,
+        **({"report": result["report"]} if args.report else {}),
     }
     if args.json:
         print(json.dumps(summary))
@@ -145,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             key=lambda t: -np.nan_to_num(t[1], nan=2),
         ):
             print(f"  {acc:6.1%}  {name}" if not np.isnan(acc) else f"     -   {name}")
+        if args.report:
+            print(f"report: {result['report']}")
     if args.confusion_matrix:
         save_confusion_matrix(
             result["predicted"],

@@ -2,6 +2,7 @@
 
     python -m flower_demo.predict IMAGE [IMAGE or FOLDER ...] --top_k 5 --category_names label_map.json
     python -m flower_demo.predict IMAGE --explain why.png      # also writes a Grad-CAM overlay
+    python -m flower_demo.predict IMAGE --plot top5.png        # the photo beside its top-K chart
 
 API: `predict(image)` for one image, `predict_batch(images)` for many (run in batches), both on
 the shipped model unless given a `Classifier`. Every problem a user can cause raises
@@ -227,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also write a Grad-CAM heatmap of the top-1 class blended over the photo to OUT.png; "
         "with several images, to OUT_<image stem>.png each (Keras models only)",
     )
+    p.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        default=None,
+        help="also write the photo beside a bar chart of its top-K to OUT.png; "
+        "with several images, to OUT_<image stem>.png each",
+    )
     args = p.parse_args(argv)
     try:
         classifier = Classifier(args.model, args.category_names)
@@ -248,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                 save_overlay(path, out, classifier, class_index=result.class_ids[0] - 1)
             except FlowerDemoError as exc:
                 result = FlowerDemoError(f"{path}: Grad-CAM: {exc}")
+        if args.plot and not isinstance(result, FlowerDemoError):
+            from flower_demo.report import plot_prediction
+
+            try:
+                plot = plot_prediction(path, result, explain_path(args.plot, path, several=len(paths) > 1))
+            except FlowerDemoError as exc:
+                result = FlowerDemoError(f"{path}: --plot: {exc}")
         if isinstance(result, FlowerDemoError):
             print(f"error: {result}", file=sys.stderr)
             records.append({"image": path, "error": str(result)})
@@ -255,10 +270,14 @@ def main(argv: list[str] | None = None) -> int:
             records.append({"image": path, **result.as_dict()})
             if args.explain:
                 records[-1]["explanation"] = str(out)
+            if args.plot:
+                records[-1]["plot"] = str(plot)
             if not args.json:
                 print(format_table(path, result))
                 if args.explain:
                     print(f"  Grad-CAM overlay: {out}")
+                if args.plot:
+                    print(f"  top-{len(result.class_names)} chart: {plot}")
     if args.json:
         print(json.dumps(records, indent=2))
     failed = sum("error" in r for r in records)
