@@ -40,11 +40,13 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
 CONFUSED_PAIRS = 15  # most-confused (true, predicted) pairs listed by name
+CONFUSED_WITH = 3  # wrong answers listed for each class in the per-class table
+WORST_CLASSES = 10  # drawn in red in the per-class chart
 MISTAKES_SHOWN = 18  # most confident mistakes in their grid
 CORRECT_SHOWN = 12  # correct answers in theirs (a seeded sample)
 GRID_COLUMNS = 6
 THUMBNAIL = 120  # pixels, side of each photo in the grids
-GRID_COLOURS = 256  # photo grids are stored as palette PNGs: a third of the size of full colour
+GRID_COLOURS = 256  # photo grids are stored as dithered palette PNGs: 40% of the size of full colour
 RELIABILITY_BINS = 10
 DPI = 100
 PLOT_PIXELS = (800, 400)  # width, height of the `predict --plot` figure
@@ -182,12 +184,18 @@ def compute(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str
     for c in np.argsort(np.where(support > 0, hits / np.maximum(support, 1), np.inf), kind="stable"):
         if support[c] == 0:
             continue  # a class with no images has no accuracy
-        row = {"class": class_names[c], "accuracy": hits[c] / support[c], "correct": int(hits[c])}
-        row["n"] = int(support[c])
-        if off[c].max() > 0:
-            row["mostly_confused_with"] = class_names[int(off[c].argmax())]
-        per_class.append(row)
-    worst = np.argsort(-off, axis=None, kind="stable")[:CONFUSED_PAIRS]
+        answers = np.argsort(-off[c], kind="stable")[:CONFUSED_WITH]
+        per_class.append(
+            {
+                "class": class_names[c],
+                "accuracy": hits[c] / support[c],
+                "correct": int(hits[c]),
+                "n": int(support[c]),
+                "confused_with": {class_names[a]: int(off[c, a]) for a in answers if off[c, a] > 0},
+            }
+        )
+    # Most images first; among equals, pairs also confused the other way round first.
+    worst = np.lexsort((-off.T.ravel(), -off.ravel()))[:CONFUSED_PAIRS]
     pairs = [
         {"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p]), "of": int(support[t])}
         for t, p in zip(*np.unravel_index(worst, off.shape))
@@ -217,7 +225,7 @@ def _png(fig: Any, path: Path, palette: bool = False) -> bytes:
     canvas.draw()
     image = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
     if palette:
-        image = image.quantize(GRID_COLOURS)
+        image = image.quantize(palette=image.quantize(GRID_COLOURS), dither=Image.Dither.FLOYDSTEINBERG)
     image.save(path, optimize=True)
     return path.read_bytes()
 
@@ -275,11 +283,14 @@ def per_class_figure(per_class: list[dict[str, Any]]) -> Any:
     fig = _figure(8, max(3.0, 0.16 * len(per_class) + 1.2))
     ax = fig.add_subplot()
     accuracy = [row["accuracy"] for row in per_class]
-    ax.barh(range(len(per_class)), accuracy, color=[f"C{3 if a < 0.75 else 0}" for a in accuracy])
+    colours = ["C3" if rank < WORST_CLASSES else "C0" for rank in range(len(per_class))]
+    ax.barh(range(len(per_class)), accuracy, color=colours)
     names = [row["class"] for row in per_class]
     ax.set_yticks(range(len(per_class)), names, fontsize=6 if len(per_class) > 40 else 9)
     ax.invert_yaxis()  # worst at the top
+    ax.margins(y=0.01)
     ax.set_xlim(0, 1)
+    ax.set_title(f"the {WORST_CLASSES} worst in red")
     ax.set_xlabel("accuracy (share of the class's images named right)")
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -325,7 +336,7 @@ def reliability_figure(confidence: np.ndarray, correct: np.ndarray) -> Any:
     top.set_title(f"mean top-1 probability {confidence.mean():.3f}, accuracy {correct.mean():.3f}")
     top.legend(loc="upper left")
     top.set_ylim(0, 1.02)
-    bottom.hist(confidence, bins=RELIABILITY_BINS, range=(0, 1), color="C0")
+    bottom.hist(confidence, bins=RELIABILITY_BINS, range=(0, 1), color="C0", log=True)
     bottom.set_xlabel(f"top-1 probability ({RELIABILITY_BINS} equal-width bins)")
     bottom.set_ylabel("images")
     return fig
@@ -369,10 +380,16 @@ def section_texts(found: dict[str, Any]) -> dict[str, str]:
         f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}.</p>"
     )
     rows = [
-        [r["class"], f"{r['accuracy']:.0%}", r["correct"], r["n"], r.get("mostly_confused_with", "")]
+        [
+            r["class"],
+            f"{r['accuracy']:.0%}",
+            r["correct"],
+            r["n"],
+            ", ".join(f"{k} ({v})" for k, v in r["confused_with"].items()),
+        ]
         for r in found["per_class"]
     ]
-    per_class = _table(["class", "accuracy", "right", "images", "mostly confused with"], rows, {1, 2, 3})
+    per_class = _table(["class", "accuracy", "right", "images", "answered instead (images)"], rows, {1, 2, 3})
     pairs = found["confused_pairs"]
     confusion = (
         _table(
