@@ -271,9 +271,9 @@ def grid_cells(
         photo, readable = thumbnail(None if items is None else items[i])
         true, answer, p = labels[i], found["predicted"][i], found["confidence"][i]
         if answer == true:
-            caption, colour = f"{_short(class_names[true])}\n{p:.0%}", "#060"
+            caption, colour = f"{_short(class_names[true])}\n{p:.1%}", "#060"
         else:
-            caption = f"true: {_short(class_names[true])}\nmodel: {_short(class_names[answer])} {p:.0%}"
+            caption = f"true: {_short(class_names[true])}\nmodel: {_short(class_names[answer])} {p:.1%}"
             colour = "#b00"
         cells.append((photo, caption if readable else caption + "\n(photo unreadable)", colour))
     return cells
@@ -313,7 +313,10 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Any:
         im_kw={"norm": norm},
         xticks_rotation="vertical",
     )
-    fig.colorbar(display.im_, ax=ax, shrink=0.6, label="images")
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= norm.vmax]
+    fig.colorbar(display.im_, ax=ax, shrink=0.6, label="images").set_ticks(
+        ticks, labels=[str(t) for t in ticks]
+    )
     if many:
         ticks = np.arange(0, len(class_names), 10)
         ax.set_xticks(ticks, ticks + 1)
