@@ -6,6 +6,7 @@ Where things live:
 - models.py   backbone registry, the classifier, saving/loading with metadata and label maps
 - train.py    two-stage training (python -m flower_demo.train)
 - evaluate.py accuracy on a split (python -m flower_demo.evaluate)
+- report.py   where a model fails: the evaluation report (evaluate --report) and predict's --plot figure
 - predict.py  the prediction API and command line (python -m flower_demo.predict)
 - explain.py  Grad-CAM heatmaps and their overlay on the photo (flower_demo.explain.gradcam)
 - calibrate.py temperature scaling and the "not one of the classes" rule (python -m flower_demo.calibrate)

@@ -477,6 +477,8 @@ def plot_prediction(image: ImageLike, prediction: PredictionLike, out_path: str 
     left, right = fig.subplots(1, 2, width_ratios=[1, 1.3])
     left.imshow(np.asarray(photo))
     left.axis("off")
+    if isinstance(image, (str, os.PathLike)):
+        left.set_title(textwrap.shorten(Path(image).name, 40, placeholder="…"), fontsize=9)
     rows = np.arange(len(names))
     right.barh(rows, probs, color="C0")
     right.set_yticks(rows, [_short(n) for n in names])
@@ -484,7 +486,16 @@ def plot_prediction(image: ImageLike, prediction: PredictionLike, out_path: str 
     right.set_xlim(0, 1)
     right.set_xlabel("probability")
     for row, p in zip(rows, probs):
-        right.text(min(p, 0.82) + 0.02, row, f"{p:.1%}", va="center", fontsize=9)
+        inside = p > 0.82  # the label goes inside a long bar, in white
+        right.text(
+            p - 0.02 if inside else p + 0.02,
+            row,
+            f"{p:.1%}",
+            va="center",
+            fontsize=9,
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+        )
     unknown = getattr(prediction, "is_known", True) is False
     right.set_title(f"top-{len(names)}" + (": not one of the known classes?" if unknown else ""))
     out = Path(out_path)
