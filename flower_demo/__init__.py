@@ -9,6 +9,7 @@ Where things live, from the bottom up (each file imports only files above it in 
 - images.py    decoding any user image into the model's input array (one path for everything)
 - core.py      the serving core: model folders, engines (LiteRT by default, no TensorFlow), the
                calibration rule, Prediction, Classifier, predict, predict_batch
+- report.py    where a model fails: the evaluation report (evaluate --report), predict's --plot
 - explain.py   heatmap overlays (from the forward pass) and the gradient Grad-CAM
 - predict.py   the command line (python -m flower_demo.predict); nothing imports it
 - models.py    the Keras side: backbone registry, create_model, save/load, serving outputs, KerasEngine

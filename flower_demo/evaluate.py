@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, data
+from flower_demo import core, data, report
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike
 
@@ -51,6 +51,7 @@ def metrics_from(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any
         "top5": float(top5.mean()),
         "n": int(len(labels)),
         "predicted": ranked[:, 0],
+        "probabilities": probabilities,
     }
 
 
@@ -123,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         help="print one JSON object: top1, top5, n, expected",
     )
     p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix here")
+    p.add_argument("--report", metavar="DIR", help="also write the report of where the model fails into DIR")
     args = p.parse_args(argv)
     try:
+        if args.report:
+            report.check_out_dir(args.report)
         classifier = core.Classifier(args.model, engine=args.engine)
         metadata = classifier.metadata
         if args.data_dir:
@@ -138,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
             )
         result = evaluate_model(classifier.probabilities, split.items, split.labels, classifier.image_size)
+        if args.report:  # the probabilities users are served (temperature-scaled if calibrated)
+            title = f"Evaluation report: model {Path(args.model).name}"
+            page = report.write_report(
+                args.report,
+                result["probabilities"],
+                split.labels,
+                metadata["class_names"],
+                split.items,
+                title,
+                split.source,
+            )
+            result["report"] = str(page)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -146,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "top5": result["top5"],
         "n": result["n"],
         "expected": split.expected,
+        **({"report": result["report"]} if args.report else {}),
     }
     if args.json:
         print(json.dumps(summary))
@@ -159,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             key=lambda t: -np.nan_to_num(t[1], nan=2),
         ):
             print(f"  {acc:6.1%}  {name}" if not np.isnan(acc) else f"     -   {name}")
+        if args.report:
+            print(f"report: {result['report']}")
     if args.confusion_matrix:
         save_confusion_matrix(
             result["predicted"],

@@ -2,6 +2,7 @@
 
     python -m flower_demo.predict IMAGE [IMAGE or FOLDER ...] --top_k 5 --category_names label_map.json
     python -m flower_demo.predict IMAGE --explain why.png      # also writes a heatmap overlay
+    python -m flower_demo.predict IMAGE --plot top5.png        # the photo beside its top-K chart
 
 It prints a table per image (or `--json`), one `error:` line per input it cannot read, goes on
 with the rest, and exits 1 if any failed (2 for a bad model, label map or top_k). It runs on the
@@ -98,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also write a heatmap of the top-1 class blended over the photo to OUT.png; "
         "with several images, to OUT_<image stem>.png each",
     )
+    p.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        default=None,
+        help="also write the photo beside a bar chart of its top-K to OUT.png; "
+        "with several images, to OUT_<image stem>.png each",
+    )
     args = p.parse_args(argv)
     try:
         classifier = core.Classifier(args.model, args.category_names, args.engine)
@@ -120,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                 save_overlay(path, out, result.heatmap)
             except FlowerDemoError as exc:
                 result = FlowerDemoError(f"{path}: heatmap: {exc}")
+        if args.plot and not isinstance(result, FlowerDemoError):
+            from flower_demo.report import plot_prediction
+
+            try:
+                plot = plot_prediction(path, result, explain_path(args.plot, path, several=len(paths) > 1))
+            except FlowerDemoError as exc:
+                result = FlowerDemoError(f"{path}: --plot: {exc}")
         if isinstance(result, FlowerDemoError):
             print(f"error: {result}", file=sys.stderr)
             records.append({"image": path, "error": str(result)})
@@ -127,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             records.append({"image": path, **result.as_dict()})
             if explain:
                 records[-1]["explanation"] = str(out)
+            if args.plot:
+                records[-1]["plot"] = str(plot)
             if not args.json:
                 print(format_table(path, result))
                 if explain:
                     print(f"  heatmap overlay: {out}")
+                if args.plot:
+                    print(f"  top-{len(result.class_names)} chart: {plot}")
     if args.json:
         print(json.dumps(records, indent=2))
     failed = sum("error" in r for r in records)

@@ -14,7 +14,8 @@ draws one random view per image. Decoded images and activations stay in memory a
 saved in the run folder, so `--resume` restarts where a run stopped without recomputing them.
 With a GPU the same steps run there, in mixed precision.
 
-A run folder holds: model.keras + metadata.json (the result), history.json, curves.png,
+A run folder holds: model.keras + metadata.json (the result), history.json, curves.png, report/
+(where the model fails on the validation split: flower_demo.report),
 checkpoints per stage, and the activation cache. `weights/` is written only with `--ship`.
 """
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from flower_demo import core, data, models
+from flower_demo import core, data, models, report
 from flower_demo.errors import FlowerDemoError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -561,6 +562,11 @@ def run(args: argparse.Namespace) -> Path:
     models.save_model(model, run_dir, metadata)
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     plot_history(history, run_dir / "curves.png")
+    title = f"Validation report: run {run_dir.name}"
+    page = report.write_report(
+        run_dir / "report", metrics["probabilities"], val.labels, names, val.items, title, val.source
+    )
+    print(f"validation report: {page}")
     print(f"saved {run_dir / core.MODEL_FILE}")
     export_for_serving(run_dir)
     if args.ship:
