@@ -138,7 +138,7 @@ def classify(image: str | None) -> tuple[dict[str, Any] | None, str]:
     except FlowerDemoError as exc:
         # A user's mistake, not a crash: no traceback, and the upload's own name, not the cache path.
         message = str(exc).replace(image, Path(image).name)
-        raise gr.Error(message, title="Cannot use this file", print_exception=False) from None
+        raise gr.Error(message, print_exception=False) from None
     return chart(prediction), verdict(prediction)
 
 
@@ -211,7 +211,7 @@ for pets.
 def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACHE_CLEANUP) -> gr.Blocks:
     """The page; `classify` is its only API event, so `/predict` is the only endpoint."""
     with gr.Blocks(title="Flower classifier", analytics_enabled=False, delete_cache=cache_cleanup) as demo:
-        gr.Markdown("# Which flower is this?\nThe model's five best guesses among 102 species.")
+        gr.Markdown("# Which flower is this?\nIts answer among 102 species, and the closest candidates.")
         with gr.Row(equal_height=True):
             # The overlay gets a tab over the photo's place, so ticking Explain moves nothing below.
             with gr.Tabs(selected=PHOTO_TAB) as tabs:
@@ -231,7 +231,7 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
                         elem_id="gradcam",
                     )
             with gr.Column():
-                chart_box = SpeciesChart(num_top_classes=TOP_K, label="Most likely species")
+                chart_box = SpeciesChart(num_top_classes=TOP_K, label="Answer, and the closest species")
                 answer = gr.Markdown(PROMPT, label="Verdict")
                 explain_box = gr.Checkbox(
                     value=False,
