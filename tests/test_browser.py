@@ -1,7 +1,8 @@
 """The app in a real browser (headless Debian chromium driven by Playwright), as a visitor uses it:
 upload a photo and see the chart beside it name the species; upload a photo of something else and
 see no species named as the answer; upload a broken file, read why on a clean page, and go on;
-click a labelled example; tick Explain and see the overlay without the examples moving.
+upload a file over the size limit and read why; click a labelled example; tick Explain and see
+the overlay without the examples moving.
 
 Each state is saved as a screenshot in a temporary folder (printed with `-s`); the tests never
 write into the repository. README's docs/screenshot.png is refreshed by a separate command:
@@ -176,6 +177,20 @@ def test_broken_upload_leaves_a_clean_page_and_the_next_works(
     upload(page, photo)
     shows_answer_for(app, page, photo)
     page.screenshot(path=str(shots / "after_broken_upload.png"), full_page=True)
+
+
+def test_oversized_upload_is_refused_with_a_message(app: ModuleType, page, tmp_path: Path) -> None:
+    """Over the app's MAX_FILE_SIZE (20 MB): the page refuses it before any upload or model call."""
+    from playwright.sync_api import expect
+
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(example("rose").read_bytes() + bytes(21 * 2**20))
+    upload(page, big)
+    toast = page.get_by_test_id("toast-text")
+    expect(toast.first).to_contain_text("exceed the maximum allowed size of 20.0 Mb", timeout=WAIT_MS)
+    expect(toast.first).to_contain_text("huge.jpg")
+    expect(page.get_by_test_id("image").locator("img")).to_have_count(0)  # not shown as a photo
+    page.get_by_test_id("toast-close").click()
 
 
 def test_clicking_a_labelled_example_classifies_it(app: ModuleType, page, shots: Path) -> None:
