@@ -1,9 +1,15 @@
 """The Gradio web app: a flower photo beside a chart of the model's top-5 species.
 
-This file owns the page and its one API endpoint (`/predict`), nothing else: decoding images,
-running the model, naming classes, rejecting what is none of them (calibrate.py) and Grad-CAM
-(explain.py) all happen in `flower_demo`. The "Explain (Grad-CAM)" box is off by default; the
-overlay it shows is a private event, computed only while the box is ticked.
+This file owns the page, its one API endpoint (`/predict`) and the limits a public host needs,
+nothing else: decoding images, running the model, naming classes, rejecting what is none of them
+(calibrate.py) and Grad-CAM (explain.py) all happen in `flower_demo`. The page says one thing at
+a time: a confident answer heads the chart; a rejected or unsure photo gets no species heading,
+only its closest candidates; a file that cannot be read gets one message and a clean page. The
+"Explain (Grad-CAM)" box is off by default; its overlay opens in a tab beside the photo and is a
+private event, computed only while the box is ticked.
+Limits: uploads over MAX_FILE_SIZE are refused by Gradio before they reach this code, the upload
+cache is emptied on a schedule (CACHE_CLEANUP), and past MAX_QUEUE waiting requests the page and
+API answer "busy, try again" at once instead of queueing without end.
 Laid out as a Hugging Face Space: `demo` is built at import, and `python app.py` serves it on
 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
 
@@ -15,6 +21,7 @@ sees a GPU (a Space on GPU hardware with requirements-train.txt) it runs model.k
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
 
 TOP_K = 5
+MIN_SHOWN = 0.005  # chart rows under 0.5% say nothing ("0%"): a confident answer shows fewer rows
 # For a model without a stored calibration: below this top-1 probability the page says the model
 # is not sure. Chosen on the validation set of an uncalibrated interim model (86.8% top-1): its
 # answers at or above 0.3 were right 95% of the time, those below only 54%. A calibrated model
@@ -33,7 +41,13 @@ TOP_K = 5
 LOW_CONFIDENCE = 0.3
 CONCURRENCY_LIMIT = 2  # predictions run at once; the classifier's tf.function is thread-safe
 EXPLAIN_CONCURRENCY = 1  # Grad-CAMs at once, in their own queue so they never hold up `/predict`
-EXAMPLES_DIR = Path(__file__).resolve().parent / "tests" / "fixtures" / "flowers"
+MAX_QUEUE = 32  # requests waiting at once (~4 s at the 8 calls/s of BENCHMARKS "Soak"); more: "busy"
+MAX_FILE_SIZE = "20mb"  # Gradio's unit: 20 MiB; a phone photo is 2-8 MB
+CACHE_CLEANUP = (3600, 3600)  # (every, older than) seconds: uploads are deleted after an hour or two
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "examples"  # NNN_species.jpg: Flowers-102 label id NNN (see its README.md)
+LABEL_MAP = ROOT / "label_map.json"  # the data set's label id -> species name, for example labels
+PHOTO_TAB, GRADCAM_TAB = "photo", "gradcam"
 DATASET_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 PROMPT = "Upload a photo of a flower, take one with the webcam, or pick an example below."
 
@@ -64,6 +78,21 @@ class FlowerPhoto(gr.Image):
             raise gr.Error("This file is not an image the app can read.") from None
 
 
+class SpeciesChart(gr.Label):
+    """gr.Label whose heading may be other than its top row ("Not one of the 102 species").
+
+    Plain gr.Label always heads the chart with its top row, which contradicted the verdict on a
+    rejected photo. This one also takes what it sends: {"label": heading, "confidences": rows}.
+    """
+
+    is_template = True  # same front end and API type as gr.Label
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("confidences"), list):
+            return gr.components.label.LabelData(**value)
+        return super().postprocess(value)
+
+
 def verdict(prediction: Prediction) -> str:
     """The top-1 answer in words; a weak one is called a guess, never stated as fact, and a photo
     the calibration rejects is said to be none of the species."""
@@ -83,32 +112,67 @@ def verdict(prediction: Prediction) -> str:
     return f"Most likely **{name}** ({probability:.0%})."
 
 
-def classify(image: str | None) -> tuple[dict[str, float] | None, str]:
-    """The `/predict` endpoint: top-5 {species: probability} and the verdict in words."""
+def heading(prediction: Prediction) -> str:
+    """What heads the chart: the species only when the verdict states it as the answer."""
+    if not prediction.is_known:
+        return f"Not one of the {len(CLASSIFIER.class_names)} species"
+    if prediction.top1[1] < LOW_CONFIDENCE:
+        return "Not sure"
+    return prediction.top1[0]
+
+
+def chart(prediction: Prediction) -> dict[str, Any]:
+    """The chart, as `/predict` returns it: {"label": heading, "confidences": [{label, confidence}]}.
+
+    A rejected or unsure photo's rows are its closest candidates, under a heading that says so.
+    Rows under MIN_SHOWN are left out (the top one always stays).
+    """
+    rows = zip(prediction.class_names, prediction.probabilities)
+    shown = [{"label": n, "confidence": float(p)} for i, (n, p) in enumerate(rows) if not i or p >= MIN_SHOWN]
+    return {"label": heading(prediction), "confidences": shown}
+
+
+def classify(image: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The `/predict` endpoint: the chart ({species: probability}, best first) and the verdict."""
     if image is None:
-        return None, PROMPT
+        return blank()[1:]
     try:
         prediction = predict(image, CLASSIFIER, top_k=TOP_K)
     except FlowerDemoError as exc:
         # A user's mistake, not a crash: no traceback, and the upload's own name, not the cache path.
         message = str(exc).replace(image, Path(image).name)
         raise gr.Error(message, print_exception=False) from None
-    confidences = {n: float(p) for n, p in zip(prediction.class_names, prediction.probabilities)}
-    return confidences, verdict(prediction)
+    return chart(prediction), verdict(prediction)
 
 
-def explain(image: str | None, wanted: bool) -> dict[str, Any]:
-    """The Grad-CAM overlay of the top-1 species while the box is ticked; hidden otherwise.
+def blank() -> tuple[None, None, str]:
+    """The page as it starts (no photo, empty chart, the prompt): where a failed upload leaves it,
+    so its one message is the error's, with no broken image or stale chart beside it."""
+    return None, None, PROMPT
 
-    Nothing is computed while the box is off. A file that cannot be read is `/predict`'s to
-    report, so here it only hides the overlay.
+
+def explain(image: str | None, wanted: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The Grad-CAM overlay of the top-1 species in its own tab beside the photo while the box is
+    ticked (heatmap, Grad-CAM tab, tabs); nothing is computed, and the tab is hidden, otherwise.
+
+    A file that cannot be read is `/predict`'s to report, so here it only hides the tab.
     """
+    hidden = (None, gr.update(visible=False), gr.update(selected=PHOTO_TAB))
     if not wanted or image is None:
-        return gr.update(value=None, visible=False)
+        return hidden
     try:
-        return gr.update(value=overlay(image, heatmap(image, CLASSIFIER)), visible=True)
+        heat = overlay(image, heatmap(image, CLASSIFIER))
     except FlowerDemoError:
-        return gr.update(value=None, visible=False)
+        return hidden
+    return heat, gr.update(visible=True), gr.update(selected=GRADCAM_TAB)
+
+
+def examples() -> tuple[list[str], list[str]]:
+    """The example photos in examples/ and their species names (the data set's, via the label id
+    in each file name), shown on the page instead of bare thumbnails."""
+    names = json.loads(LABEL_MAP.read_text())
+    photos = sorted(EXAMPLES_DIR.glob("[0-9][0-9][0-9]_*.jpg"))
+    return [str(p) for p in photos], [names[str(int(p.name[:3]))] for p in photos]
 
 
 def about(metadata: dict[str, Any], class_names: list[str]) -> str:
@@ -147,19 +211,30 @@ for pets.
 """
 
 
-def build_demo() -> gr.Blocks:
-    """The page; `classify` is its only event, so `/predict` is the only API endpoint."""
-    with gr.Blocks(title="Flower classifier", analytics_enabled=False) as demo:
-        gr.Markdown("# Which flower is this?\nThe model's five best guesses among 102 species.")
+def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACHE_CLEANUP) -> gr.Blocks:
+    """The page; `classify` is its only API event, so `/predict` is the only endpoint."""
+    with gr.Blocks(title="Flower classifier", analytics_enabled=False, delete_cache=cache_cleanup) as demo:
+        gr.Markdown("# Which flower is this?\nIts answer among 102 species, and the closest candidates.")
         with gr.Row(equal_height=True):
-            image = FlowerPhoto(
-                type="filepath",
-                sources=["upload", "webcam", "clipboard"],
-                label="Flower photo",
-                height=360,
-            )
+            # The overlay gets a tab over the photo's place, so ticking Explain moves nothing below.
+            with gr.Tabs(selected=PHOTO_TAB) as tabs:
+                with gr.Tab("Photo", id=PHOTO_TAB):
+                    image = FlowerPhoto(
+                        type="filepath",
+                        sources=["upload", "webcam", "clipboard"],
+                        label="Flower photo",
+                        height=360,
+                    )
+                with gr.Tab("Grad-CAM", id=GRADCAM_TAB, visible=False) as gradcam_tab:
+                    heatmap = gr.Image(
+                        label="Grad-CAM of the top species",
+                        type="pil",
+                        interactive=False,
+                        height=360,
+                        elem_id="gradcam",
+                    )
             with gr.Column():
-                chart = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} species")
+                chart_box = SpeciesChart(num_top_classes=TOP_K, label="Answer, and the closest species")
                 answer = gr.Markdown(PROMPT, label="Verdict")
                 explain_box = gr.Checkbox(
                     value=False,
@@ -167,52 +242,58 @@ def build_demo() -> gr.Blocks:
                     info="Colour the parts of the photo the top answer rests on (red: most).",
                     visible=CLASSIFIER.explains,  # a TF-Hub backbone returns no class activation maps
                 )
-                heatmap = gr.Image(
-                    label="Grad-CAM of the top species",
-                    type="pil",
-                    interactive=False,
-                    visible=False,
-                    height=300,
-                    elem_id="gradcam",
-                )
         # `input` fires once per upload, webcam shot, paste or clear; `change` fires twice when
         # a photo replaces another (Gradio 6), and would classify it, or report its error, twice.
         image.input(
             classify,
             inputs=image,
-            outputs=[chart, answer],
+            outputs=[chart_box, answer],
             api_name="predict",
             show_progress="minimal",
+        ).failure(  # the error's toast is the one message: no broken image or old chart beside it
+            blank,
+            outputs=[image, chart_box, answer],
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
         )
         # `change` (unlike `input`) also fires when an example is loaded; the box starts it too.
         gr.on(
             triggers=[image.change, explain_box.change],
             fn=explain,
             inputs=[image, explain_box],
-            outputs=heatmap,
+            outputs=[heatmap, gradcam_tab, tabs],
             api_visibility="private",  # `/predict` stays the one endpoint
             concurrency_id="explain",
             concurrency_limit=EXPLAIN_CONCURRENCY,
             show_progress="minimal",
         )
+        photos, species = examples()
         gr.Examples(
-            examples=[str(p) for p in sorted(EXAMPLES_DIR.glob("*.jpg"))],
+            examples=photos,
+            example_labels=species,
             inputs=image,
-            outputs=[chart, answer],
+            outputs=[chart_box, answer],
             fn=classify,
             run_on_click=True,  # an example click sets the image without an `input` event
             cache_examples=False,  # else Spaces would run the examples at every start-up
             api_visibility="private",  # `/predict` stays the one endpoint
-            label="Example photos (click one)",
+            label="Example photos (click a species)",
             examples_per_page=12,
         )
         gr.Markdown(about(CLASSIFIER.metadata, CLASSIFIER.class_names))
         with gr.Accordion(f"The {len(CLASSIFIER.class_names)} species", open=False):
             gr.Markdown(", ".join(sorted(CLASSIFIER.class_names)))
-    return demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT)
+    return demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=max_queue)
+
+
+def launch(blocks: gr.Blocks | None = None, **options: Any) -> tuple[Any, str, str]:
+    """Serve `blocks` (default: `demo`) with the upload size limit, which Gradio takes at launch,
+    not at build; `options` go to `Blocks.launch` (port, quiet, ...)."""
+    return (blocks or demo).launch(max_file_size=MAX_FILE_SIZE, **options)
 
 
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.launch()
+    launch()

@@ -82,6 +82,10 @@ def read_json(path: Path, what: str) -> Any:
 
 def read_metadata(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The metadata of the model folder (or model file) at `path`; the shipped one by default."""
+    if path is not None and Path(path).suffix in (".keras", ".tflite") and not Path(path).is_file():
+        raise FlowerDemoError(f"model file not found: {path}")
+    if not model_dir(path).is_dir():
+        raise FlowerDemoError(f"model folder not found: {model_dir(path)}")
     meta_path = metadata_path(path)
     metadata = read_json(meta_path, "model metadata")
     if not isinstance(metadata, dict):

@@ -1,7 +1,8 @@
 """Turning whatever a user hands us into the square RGB array the model takes.
 
 This module owns every Pillow detail, so training, evaluation, prediction and the app all see
-exactly the same pixels: decode (any format Pillow reads), apply EXIF orientation, take the first
+exactly the same pixels: decode (any format Pillow reads, plus HEIC/HEIF through pillow-heif, the
+format iPhones save), apply EXIF orientation, take the first
 frame of an animation, composite transparency on white, scale 16-bit data down to 8 bits, then
 resize the shorter side to the model's input size and crop the centre square.
 """
@@ -16,13 +17,29 @@ from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from flower_demo.errors import FlowerDemoError, first_line
+
+# Phone photos: Pillow reads AVIF itself (Pillow 12) but HEIC/HEIF only through this plugin.
+register_heif_opener()
 
 # Anything `load_rgb` accepts.
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+)
 MAX_PIXELS = 64_000_000  # ~8000x8000; larger headers are refused before any decoding
 MAX_ASPECT_RATIO = 20.0  # a 20:1 strip has no flower left after a centre crop
 MIN_SIDE = 16  # pixels; below this there is nothing to classify

@@ -1,6 +1,8 @@
 """The Gradio app served for real on a free port and called through gradio_client, as a user's
 script would: the right species comes back, a broken upload gets a readable error without
-taking the app down, and many calls at once all get their own answer.
+taking the app down, many calls at once all get their own answer, and the hosting limits hold
+(upload size, a full queue says "busy", the upload cache is emptied). Also: the page's example
+photos are each named right by the shipped model.
 
 Serves the shipped weights/, or the model folder named by FLOWER_DEMO_MODEL.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +21,8 @@ import pytest
 from helpers import free_port, load_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "flowers").glob("*.jpg"))
+FLOWERS = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))  # the page's own examples
+NON_FLOWER = REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg"  # rejected by the shipped model
 TRAINED_IMAGE_SIZE = 224  # the shipped model's input size; smaller ones are debug models
 CALL_TIMEOUT = 120  # seconds for one call, generous for a busy 2-core machine
 CONCURRENT_CALLS = 20
@@ -27,7 +31,7 @@ pytestmark = pytest.mark.app
 
 
 def species(app: ModuleType, photo: Path) -> str:
-    """The true class of a fixture, from its name: NNN_slug.jpg is label id NNN (1-based)."""
+    """The true class of an example, from its name: NNN_slug.jpg is label id NNN (1-based)."""
     return app.CLASSIFIER.class_names[int(photo.name[:3]) - 1]
 
 
@@ -46,11 +50,17 @@ def app() -> ModuleType:
 def client(app: ModuleType) -> Iterator:
     from gradio_client import Client
 
-    _, url, _ = app.demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    _, url, _ = app.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
         yield Client(url, verbose=False)
     finally:
         app.demo.close()
+
+
+def shown(app: ModuleType, prediction) -> list[tuple[str, float]]:
+    """The rows the chart should show for a direct prediction: the top one, and any over MIN_SHOWN."""
+    rows = list(zip(prediction.class_names, prediction.probabilities))
+    return [row for rank, row in enumerate(rows) if rank == 0 or row[1] >= app.MIN_SHOWN]
 
 
 def call(client, image) -> tuple[dict, str]:
@@ -69,17 +79,32 @@ def test_predict_is_the_only_endpoint(client) -> None:
     assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/predict"}
 
 
-def test_predict_returns_top5_as_plain_json(app: ModuleType, client) -> None:
-    photo = FLOWERS[0]
-    chart, verdict = call(client, photo)
-    direct = app.predict(photo, app.CLASSIFIER)
-    assert chart["label"] == direct.class_names[0]
-    assert [c["label"] for c in chart["confidences"]] == direct.class_names
-    confidences = [c["confidence"] for c in chart["confidences"]]
-    assert all(type(p) is float for p in confidences)
-    assert confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1 + 1e-6
-    assert confidences == pytest.approx(direct.probabilities, abs=1e-5)
-    assert direct.class_names[0].lower() in verdict.lower()
+def test_predict_returns_the_chart_as_plain_json(app: ModuleType, client) -> None:
+    for photo in (FLOWERS[0], NON_FLOWER):
+        chart, verdict = call(client, photo)
+        direct = app.predict(photo, app.CLASSIFIER, top_k=app.TOP_K)
+        rows = [(c["label"], c["confidence"]) for c in chart["confidences"]]
+        assert [name for name, _ in rows] == [name for name, _ in shown(app, direct)]
+        assert [p for _, p in rows] == pytest.approx([p for _, p in shown(app, direct)], abs=1e-5)
+        assert all(type(p) is float for _, p in rows) and 1 <= len(rows) <= app.TOP_K
+        assert direct.class_names[0].lower() in verdict.lower()
+        assert chart["label"] == app.heading(direct)
+
+
+def test_chart_heads_with_a_species_only_when_the_verdict_states_it(app: ModuleType) -> None:
+    names = ["water lily", "lotus", "pink primrose", "rose", "sunflower"]
+    sure = app.Prediction([73, 78, 1, 74, 54], names, [0.97, 0.02, 0.006, 0.003, 0.001])
+    chart = app.chart(sure)
+    assert chart["label"] == "water lily"
+    assert [c["label"] for c in chart["confidences"]] == names[:3]  # no "0%" rows
+    unsure = app.Prediction([73, 78], names[:2], [app.LOW_CONFIDENCE - 0.01, 0.2])
+    assert app.chart(unsure)["label"] == "Not sure" and len(app.chart(unsure)["confidences"]) == 2
+    rejected = app.Prediction([73, 78], names[:2], [0.9, 0.001], is_known=False)
+    chart = app.chart(rejected)
+    assert chart["label"] == f"Not one of the {len(app.CLASSIFIER.class_names)} species"
+    assert [c["label"] for c in chart["confidences"]] == ["water lily"]  # the top one always stays
+    tiny = app.Prediction([73, 78], names[:2], [0.004, 0.003], is_known=False)
+    assert [c["label"] for c in app.chart(tiny)["confidences"]] == ["water lily"]
 
 
 def test_predict_names_the_species(app: ModuleType, client) -> None:
@@ -92,7 +117,9 @@ def test_predict_names_the_species(app: ModuleType, client) -> None:
     assert "Most likely **water lily**" in verdict
 
 
-def test_broken_upload_gives_readable_error_and_app_keeps_serving(client, tmp_path: Path) -> None:
+def test_broken_upload_gives_readable_error_and_app_keeps_serving(
+    app: ModuleType, client, tmp_path: Path
+) -> None:
     from gradio_client.exceptions import AppError
 
     fake = tmp_path / "holiday.jpg"
@@ -103,7 +130,7 @@ def test_broken_upload_gives_readable_error_and_app_keeps_serving(client, tmp_pa
     assert "holiday.jpg" in str(error.value)  # the user's file name, not the server's cache path
     assert "/tmp" not in str(error.value)
     chart, _ = call(client, FLOWERS[1])  # still serving
-    assert len(chart["confidences"]) == 5
+    assert chart["label"] == species(app, FLOWERS[1]) if is_trained(app) else chart["confidences"]
 
 
 def test_no_image_asks_for_one(client) -> None:
@@ -148,29 +175,115 @@ def test_unknown_photo_is_said_to_be_none_of_the_species(app: ModuleType) -> Non
 def test_non_flower_upload_is_rejected(app: ModuleType, client) -> None:
     if app.CLASSIFIER.calibration is None:
         pytest.skip("the served model has no calibration (python -m flower_demo.calibrate)")
-    chart, verdict = call(client, REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg")
+    chart, verdict = call(client, NON_FLOWER)
     assert "does not look like one of the" in verdict
-    assert len(chart["confidences"]) == app.TOP_K  # the candidates are still shown
+    assert chart["label"] == f"Not one of the {len(app.CLASSIFIER.class_names)} species"
+    assert chart["label"] not in [c["label"] for c in chart["confidences"]]
+    assert len(chart["confidences"]) >= 2  # the candidates are still shown
 
 
 def test_explain_off_computes_nothing(app: ModuleType, monkeypatch) -> None:
-    def no_gradients(*args, **kwargs):
-        raise AssertionError("Grad-CAM computed while the box is off")
+    def no_maps(*args, **kwargs):
+        raise AssertionError("heatmap computed while the box is off")
 
-    monkeypatch.setattr(app, "gradcam", no_gradients)
+    monkeypatch.setattr(app, "heatmap", no_maps)
     for image in (str(FLOWERS[0]), None):
-        update = app.explain(image, False)
-        assert update["visible"] is False and update["value"] is None
+        heatmap, tab, tabs = app.explain(image, False)
+        assert heatmap is None and tab["visible"] is False and tabs["selected"] == app.PHOTO_TAB
 
 
-def test_explain_on_shows_the_overlay(app: ModuleType, tmp_path: Path) -> None:
-    update = app.explain(str(FLOWERS[0]), True)
-    assert update["visible"] is True
-    assert update["value"].size[0] == update["value"].size[1] >= app.CLASSIFIER.image_size
+def test_explain_on_shows_the_overlay_in_its_tab(app: ModuleType, tmp_path: Path) -> None:
+    if not app.CLASSIFIER.explains:
+        pytest.skip("the served model returns no class activation maps")
+    heatmap, tab, tabs = app.explain(str(FLOWERS[0]), True)
+    assert tab["visible"] is True and tabs["selected"] == app.GRADCAM_TAB
+    assert heatmap.size[0] == heatmap.size[1] >= app.CLASSIFIER.image_size
     fake = tmp_path / "holiday.jpg"
     fake.write_text("not a photo")
-    assert app.explain(str(fake), True)["visible"] is False  # `/predict` reports the error
-    assert app.explain(None, True)["visible"] is False
+    for image in (str(fake), None):  # a bad file is `/predict`'s to report
+        heatmap, tab, tabs = app.explain(image, True)
+        assert heatmap is None and tab["visible"] is False and tabs["selected"] == app.PHOTO_TAB
+
+
+def test_examples_come_from_examples_folder_with_species_labels(app: ModuleType) -> None:
+    photos, labels = app.examples()
+    assert len(photos) == len(FLOWERS) >= 6
+    assert all(Path(p).parent == REPO_ROOT / "examples" for p in photos)  # not tests/
+    assert labels == [species(app, Path(p)) for p in photos] and len(set(labels)) == len(labels)
+
+
+@pytest.mark.parametrize("photo", FLOWERS, ids=[p.stem for p in FLOWERS])
+def test_shipped_model_names_each_example_right(photo: Path, shipped_model_dir: Path) -> None:
+    """Through the public API, as a user of the package would: each example on the page is named
+    right, with an answer the page states (known, not a weak guess)."""
+    import flower_demo
+
+    prediction = flower_demo.predict(photo)
+    assert prediction.class_ids[0] == int(photo.name[:3]), (photo.name, prediction.top1)
+    assert prediction.is_known and prediction.probabilities[0] >= 0.5
+
+
+def test_oversized_upload_is_refused_before_our_code(app: ModuleType, client, tmp_path: Path) -> None:
+    """Over MAX_FILE_SIZE: gradio_client refuses to send it, and the server refuses it if sent."""
+    import httpx
+
+    limit = 20 * 2**20
+    assert app.MAX_FILE_SIZE == "20mb"
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(FLOWERS[0].read_bytes() + bytes(limit))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):
+        call(client, big)
+    with big.open("rb") as f:
+        response = httpx.post(f"{client.src}gradio_api/upload", files={"files": f}, timeout=CALL_TIMEOUT)
+    assert response.status_code == 413
+    assert "File size exceeded maximum allowed size of 20971520 bytes" in response.text
+    chart, _ = call(client, FLOWERS[0])  # still serving
+    assert chart["confidences"]
+
+
+@pytest.fixture
+def small_app(app: ModuleType) -> Iterator:
+    """The same page built with a queue of one waiting request and a one-second cache lifetime."""
+    demo = app.build_demo(max_queue=1, cache_cleanup=(1, 1))
+    _, url, _ = app.launch(demo, prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def test_full_queue_answers_busy_try_again(small_app: str) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import QueueError
+
+    client = Client(small_app, verbose=False)
+    jobs = [
+        client.submit(handle_file(str(FLOWERS[i % len(FLOWERS)])), api_name="/predict") for i in range(12)
+    ]
+    busy, answered = [], 0
+    for job in jobs:
+        try:
+            job.result(timeout=CALL_TIMEOUT)
+            answered += 1
+        except QueueError as exc:
+            busy.append(str(exc))
+    assert busy and answered  # refused at once, not left hanging; the others are served
+    assert all("try again" in message.lower() for message in busy)
+
+
+def test_upload_cache_is_emptied_on_schedule(small_app: str, tmp_path: Path) -> None:
+    import httpx
+
+    upload = tmp_path / "my_photo.jpg"  # not an example: the example photos stay in the cache
+    upload.write_bytes(FLOWERS[0].read_bytes())
+    with upload.open("rb") as f:
+        response = httpx.post(f"{small_app}gradio_api/upload", files={"files": f}, timeout=CALL_TIMEOUT)
+    cached = Path(response.json()[0])
+    assert cached.is_file()
+    deadline = time.monotonic() + 30
+    while cached.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not cached.exists()
 
 
 def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
@@ -180,4 +293,4 @@ def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CALL_TIMEOUT)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "error: cannot serve: model file not found" in result.stderr
+    assert "error: cannot serve: model folder not found" in result.stderr

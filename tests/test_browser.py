@@ -1,13 +1,19 @@
 """The app in a real browser (headless Debian chromium driven by Playwright), as a visitor uses it:
-upload a photo and see the chart beside it name the species, upload a broken file and read why,
-click an example.
+upload a photo and see the chart beside it name the species; upload a photo of something else and
+see no species named as the answer; upload a broken file, read why on a clean page, and go on;
+upload a file over the size limit and read why; click a labelled example; tick Explain and see
+the overlay without the examples moving.
 
-Also saves docs/screenshot.png, but only when serving the trained model, so a debug run never
-replaces the documented page with an untrained model's guesses.
+Each state is saved as a screenshot in a temporary folder (printed with `-s`); the tests never
+write into the repository. README's docs/screenshot.png is refreshed by a separate command:
+
+    python tests/test_browser.py --screenshot
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +22,8 @@ import pytest
 from helpers import free_port, load_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "flowers").glob("*.jpg"))
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))
+NON_FLOWER = REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg"  # rejected by the shipped model
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,9 +47,13 @@ def is_trained(app: ModuleType) -> bool:
     return "metrics" in metadata and metadata["image_size"] == TRAINED_IMAGE_SIZE
 
 
-def expected_top1(app: ModuleType, photo: Path) -> str:
-    """What the model says when called directly: the page must show the same."""
-    return app.predict(photo, app.CLASSIFIER).class_names[0]
+def example(slug: str) -> Path:
+    return next(p for p in EXAMPLES if slug in p.name)
+
+
+def expected_heading(app: ModuleType, photo: Path) -> str:
+    """What the chart's heading says when the model is called directly: the page must agree."""
+    return app.heading(app.predict(photo, app.CLASSIFIER, top_k=app.TOP_K))
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +66,20 @@ def app() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def url(app: ModuleType) -> Iterator[str]:
-    _, url, _ = app.demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    _, url, _ = app.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
         yield url
     finally:
         app.demo.close()
+
+
+def open_page(playwright, url: str):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.get_by_test_id("file-upload").wait_for(state="attached")
+    return browser, page
 
 
 @pytest.fixture(scope="module")
@@ -67,86 +87,173 @@ def page(url: str):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser, page = open_page(playwright, url)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(WAIT_MS)
-            page.goto(url)
-            page.get_by_test_id("file-upload").wait_for(state="attached")
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the states are saved: a temporary folder, never the repository."""
+    folder = tmp_path_factory.mktemp("browser_states")
+    print(f"\nbrowser screenshots: {folder}")
+    return folder
 
 
 def upload(page, path: Path) -> None:
     page.get_by_test_id("file-upload").set_input_files(str(path))
 
 
-def test_photo_shows_top1_in_chart_beside_it(app: ModuleType, page, tmp_path: Path) -> None:
+def heading(page):
+    return page.get_by_test_id("label-output-value")
+
+
+def shows_answer_for(app: ModuleType, page, photo: Path) -> None:
     from playwright.sync_api import expect
 
-    photo = next(p for p in FLOWERS if "water_lily" in p.name)
+    expect(heading(page)).to_have_text(expected_heading(app, photo), timeout=WAIT_MS)
+    page.wait_for_load_state("networkidle")
+
+
+def test_photo_shows_top1_in_chart_beside_it(app: ModuleType, page, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    photo = example("water_lily")
     upload(page, photo)
-    top1 = page.get_by_test_id("label-output-value")
-    expect(top1).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+    shows_answer_for(app, page, photo)
     if is_trained(app):
-        expect(top1).to_have_text("water lily")
+        expect(heading(page)).to_have_text("water lily")
         expect(page.get_by_text("Most likely water lily")).to_be_visible()
-    expect(page.locator("[data-testid$='-confidence-set']")).to_have_count(app.TOP_K, timeout=WAIT_MS)
+    expect(page.locator("[data-testid$='-confidence-set']")).not_to_have_count(0)
 
     photo_box = page.get_by_test_id("image").bounding_box()
     chart_box = page.get_by_test_id("label").bounding_box()
     assert photo_box["x"] + photo_box["width"] <= chart_box["x"]  # side by side
-    assert abs(photo_box["y"] - chart_box["y"]) < 10
-
-    page.wait_for_load_state("networkidle")  # example thumbnails drawn
-    shot = SCREENSHOT if is_trained(app) else tmp_path / SCREENSHOT.name
-    shot.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    page.screenshot(path=str(shots / "answer.png"), full_page=True)
 
 
-def test_broken_upload_shows_reason_once_and_page_keeps_working(
-    app: ModuleType, page, tmp_path: Path
+def test_rejected_photo_names_no_species_as_the_answer(app: ModuleType, page, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    if app.CLASSIFIER.calibration is None:
+        pytest.skip("the served model has no calibration (python -m flower_demo.calibrate)")
+    upload(page, NON_FLOWER)
+    expect(heading(page)).to_have_text(
+        f"Not one of the {len(app.CLASSIFIER.class_names)} species", timeout=WAIT_MS
+    )
+    expect(page.get_by_text("This does not look like one of the")).to_be_visible()
+    candidates = page.locator("[data-testid$='-confidence-set']")
+    expect(candidates).not_to_have_count(0)
+    assert "Most likely" not in page.inner_text("body")
+    page.screenshot(path=str(shots / "rejected.png"), full_page=True)
+
+
+def test_broken_upload_leaves_a_clean_page_and_the_next_works(
+    app: ModuleType, page, shots: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
-    photo = next(p for p in FLOWERS if "cyclamen" in p.name)
-    upload(page, photo)  # the broken file replaces a photo, the case Gradio 6 reports twice
-    expect(page.get_by_test_id("label-output-value")).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+    photo = example("rose")
+    upload(page, photo)  # the broken file replaces a photo, the case Gradio 6 reported twice
+    shows_answer_for(app, page, photo)
     fake = tmp_path / "holiday.jpg"
     fake.write_text("This is a text file, not a photo.\n")
     upload(page, fake)
     toast = page.get_by_test_id("toast-text")
     expect(toast.first).to_contain_text("holiday.jpg: not an image", timeout=WAIT_MS)
+    expect(heading(page)).to_have_count(0, timeout=WAIT_MS)  # the rose's chart is gone
+    expect(page.get_by_text(app.PROMPT)).to_be_visible()
     page.wait_for_timeout(1000)
-    expect(toast).to_have_count(1)  # one upload, one error (not one per `change` event)
+    page.screenshot(path=str(shots / "broken_upload.png"), full_page=True)
+    expect(toast).to_have_count(1)  # one upload, one message
+    expect(page.get_by_test_id("image").locator("img")).to_have_count(0)  # no broken-image icon
+    toast_parts = ":not([data-testid=toast-body]):not([data-testid=toast-body] *)"
+    expect(page.locator(f".error:visible{toast_parts}")).to_have_count(0)  # no "Error" badges elsewhere
+    page.get_by_test_id("toast-close").click()
 
-    photo = next(p for p in FLOWERS if "marigold" in p.name)
+    photo = example("marigold")
     upload(page, photo)
-    expect(page.get_by_test_id("label-output-value")).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+    shows_answer_for(app, page, photo)
+    page.screenshot(path=str(shots / "after_broken_upload.png"), full_page=True)
 
 
-def test_clicking_an_example_classifies_it(app: ModuleType, page) -> None:
+def test_oversized_upload_is_refused_with_a_message(app: ModuleType, page, tmp_path: Path) -> None:
+    """Over the app's MAX_FILE_SIZE (20 MB): the page refuses it before any upload or model call."""
     from playwright.sync_api import expect
 
-    page.get_by_role("button", name="Remove Image").click()
-    expect(page.get_by_test_id("label-output-value")).to_have_count(0, timeout=WAIT_MS)
-    photo = next(p for p in FLOWERS if "passion_flower" in p.name)
-    page.locator(f"img[src$='{photo.name}']").click()
-    expect(page.get_by_test_id("label-output-value")).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(example("rose").read_bytes() + bytes(21 * 2**20))
+    upload(page, big)
+    toast = page.get_by_test_id("toast-text")
+    expect(toast.first).to_contain_text("exceed the maximum allowed size of 20.0 Mb", timeout=WAIT_MS)
+    expect(toast.first).to_contain_text("huge.jpg")
+    expect(page.get_by_test_id("image").locator("img")).to_have_count(0)  # not shown as a photo
+    page.get_by_test_id("toast-close").click()
 
 
-def test_explain_box_shows_and_hides_the_overlay(app: ModuleType, page) -> None:
+def test_clicking_a_labelled_example_classifies_it(app: ModuleType, page, shots: Path) -> None:
+    photo = example("passion_flower")
+    species = app.examples()[1][app.examples()[0].index(str(photo))]
+    page.get_by_role("button", name=species, exact=True).click()
+    shows_answer_for(app, page, photo)
+    if is_trained(app):
+        assert species == expected_heading(app, photo)
+    page.screenshot(path=str(shots / "example.png"), full_page=True)
+
+
+def test_explain_shows_the_overlay_without_moving_the_examples(app: ModuleType, page, shots: Path) -> None:
     from playwright.sync_api import expect
 
-    photo = next(p for p in FLOWERS if "water_lily" in p.name)
+    if not app.CLASSIFIER.explains:
+        pytest.skip("the served model returns no class activation maps")
+    photo = example("sunflower")
     upload(page, photo)
-    expect(page.get_by_test_id("label-output-value")).to_have_text(expected_top1(app, photo), timeout=WAIT_MS)
+    shows_answer_for(app, page, photo)
+    examples = page.get_by_text("Example photos (click a species)")
+    before = examples.bounding_box()
     overlay = page.locator("#gradcam img")
     expect(overlay).to_have_count(0)  # off by default
     box = page.get_by_label("Explain (Grad-CAM)")
     box.check()
     expect(overlay).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_load_state("networkidle")
+    after = examples.bounding_box()
+    assert abs(after["y"] - before["y"]) < 5, (before, after)
+    page.screenshot(path=str(shots / "explain.png"), full_page=True)
     box.uncheck()
     expect(overlay).to_have_count(0, timeout=WAIT_MS)
+    expect(page.get_by_test_id("image").locator("img")).to_be_visible()  # back to the photo
+
+
+def refresh_screenshot(path: Path = SCREENSHOT) -> Path:
+    """README's picture: the shipped model's answer for the water lily example."""
+    from playwright.sync_api import sync_playwright
+
+    app = load_app()
+    if not is_trained(app):
+        raise SystemExit("error: README's screenshot must show the trained model (weights/)")
+    _, url, _ = app.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        with sync_playwright() as playwright:
+            browser, page = open_page(playwright, url)
+            photo = example("water_lily")
+            upload(page, photo)
+            shows_answer_for(app, page, photo)
+            page.screenshot(path=str(path), full_page=True)
+            browser.close()
+    finally:
+        app.demo.close()
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Refresh README's screenshot of the app.")
+    parser.add_argument(
+        "--screenshot", action="store_true", help=f"write {SCREENSHOT.relative_to(REPO_ROOT)}"
+    )
+    if not parser.parse_args().screenshot:
+        parser.print_help()
+        sys.exit(2)
+    print(refresh_screenshot())

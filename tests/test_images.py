@@ -258,6 +258,45 @@ def test_list_images(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG", "c.webp", "d.tiff"]
 
 
+# --- phone formats: HEIC/HEIF (pillow-heif) and AVIF (Pillow 12) -----------------------------
+
+PHONE_FORMATS = {"heic": "HEIF", "heif": "HEIF", "avif": "AVIF"}
+
+
+@pytest.mark.parametrize("suffix", PHONE_FORMATS)
+def test_phone_formats_decode_like_the_jpeg_of_the_same_photo(suffix, tmp_path):
+    """A real photo written by the format's own encoder reads back like its JPEG twin: the same
+    size and, within lossy-coding noise, the same pixels (exact equality would mean a fake decode)."""
+    photo = Image.open(PHOTOS[0]).convert("RGB")
+    # Pillow's own encoders; saving HEIF works once flower_demo.images has registered pillow-heif.
+    photo.save(tmp_path / f"photo.{suffix}", PHONE_FORMATS[suffix], quality=90)
+    photo.save(tmp_path / "photo.jpg", "JPEG", quality=90)
+    phone, jpeg = (tmp_path / f"photo.{suffix}"), (tmp_path / "photo.jpg")
+    assert Image.open(phone).format == PHONE_FORMATS[suffix]
+
+    decoded = np.asarray(load_rgb(phone), dtype=np.float64)
+    twin = np.asarray(load_rgb(jpeg), dtype=np.float64)
+    assert decoded.shape == twin.shape == (photo.height, photo.width, 3)
+    assert 0 < np.abs(decoded - twin).mean() < 4  # of 255: lossy noise, not another picture
+    # At 224 px (over half the photo's side) Pillow decodes the JPEG at full scale, as the HEIC.
+    model_input = square_uint8(phone, 224).astype(np.float64)
+    assert np.abs(model_input - square_uint8(jpeg, 224)).mean() < 4
+    assert np.abs(model_input - square_uint8(PHOTOS[1], 224)).mean() > 20  # a different photo is far
+
+    assert [p.name for p in list_images(tmp_path)] == sorted(["photo.jpg", phone.name])
+
+
+@pytest.mark.parametrize("suffix", PHONE_FORMATS)
+def test_broken_phone_files_are_refused_in_one_line(suffix, tmp_path):
+    good = tmp_path / f"good.{suffix}"
+    Image.open(PHOTOS[0]).convert("RGB").save(good, PHONE_FORMATS[suffix], quality=90)
+    truncated = tmp_path / f"truncated.{suffix}"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(FlowerDemoError) as excinfo:
+        square_uint8(truncated, 32)
+    assert one_line_error(excinfo).startswith(str(truncated))
+
+
 # --- bad files -------------------------------------------------------------------------------
 
 
