@@ -7,21 +7,76 @@ A saved model is a folder with two files:
   once `python -m flower_demo.calibrate` has run, a "calibration" entry (see calibrate.py).
 `load_model` checks that the two (and a label map, when given) agree. An exported `.tflite` file
 has its own copy of metadata.json beside it (see export.py).
+
+Every module that uses TensorFlow imports this one before it (directly or through the package), so
+TensorFlow's start-up notices are kept out of the command lines' output here, once: see
+`quiet_startup`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import sys
+import tempfile
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
-
 from flower_demo.errors import FlowerDemoError, first_line
+
+# TensorFlow's own (tsl) logging: no INFO or WARNING lines from C++ unless the user asks for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What TensorFlow writes to stderr while it starts, whatever the log level: absl prints every line
+# logged before absl::InitializeLog(), and the CUDA probe reports an error on a machine without a GPU.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc"
+    r"|cpu_feature_guard\.cc|To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
+)
+
+
+@contextlib.contextmanager
+def quiet_startup() -> Iterator[None]:
+    """Drop TensorFlow's start-up notices from stderr; every other line (real warnings, errors) is kept.
+
+    C++ logging writes to file descriptor 2 directly, past `sys.stderr`, so the descriptor itself is
+    captured while TensorFlow loads and finds its devices, and replayed without the known notices.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not STARTUP_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+with quiet_startup():
+    import keras
+
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe logs here, once
+
+
+def progress_verbosity() -> int:
+    """Keras `verbose`: 1 (a live progress bar) on a terminal, 2 (one plain line per epoch) in a log."""
+    return 1 if sys.stdout.isatty() else 2
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL_DIR = REPO_ROOT / "weights"
@@ -53,6 +108,12 @@ BACKBONES: dict[str, Backbone] = {
         keras.applications.resnet50.preprocess_input,
         fine_tune_from="conv4_block6_out",
         feature_map="conv5_block3_out",
+    ),
+    "vgg16": Backbone(
+        keras.applications.VGG16,
+        keras.applications.vgg16.preprocess_input,
+        fine_tune_from="block4_pool",  # block 5's three convolutions
+        feature_map="block5_conv3",
     ),
 }
 HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
