@@ -44,10 +44,10 @@ from flower_demo.errors import FlowerDemoError
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_VIEWS = 16  # augmented copies of each training image
 CACHE_BATCH = 32
-# The quick recipe: the head alone on 2 views; measured on Flowers-102 (see QUICK_HELP and README).
-QUICK = {"stage2_epochs": 0, "views": 2, "stage1_epochs": 30}
+# The quick recipe: the head alone on the photos as they are (1 view); figures in QUICK_HELP and README.
+QUICK = {"stage2_epochs": 0, "views": 1, "stage1_epochs": 30}
 QUICK_HELP = (
-    "--quick trains the head alone on the frozen backbone (no fine-tuning), on 2 views per image.\n"
+    "--quick trains the head alone on the frozen backbone (no fine-tuning), on the photos as they are.\n"
     "Flowers-102 (1,020 training photos): QUICK_FIGURES on validation."
 )
 MIXUP_MIN_STEPS = 200  # below this many steps in a stage, mixup only slows learning: it is switched off
@@ -550,7 +550,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.resume and not (args.run_dir and Path(args.run_dir).is_dir()):
         raise FlowerDemoError("--resume needs --run-dir pointing at an existing run folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or models.REPO_ROOT / "runs" / stamp)
+    run_dir = Path(args.run_dir or Path("runs") / stamp)  # in the working directory, also when installed
     if run_dir.resolve() == models.SHIPPED_MODEL_DIR.resolve():
         raise FlowerDemoError("--run-dir must not be weights/; use --ship to publish a run")
     started = time.time()
