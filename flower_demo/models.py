@@ -29,8 +29,8 @@ from typing import Any
 
 from flower_demo.errors import FlowerDemoError, first_line
 
-# TensorFlow's own (tsl) logging: no INFO or WARNING lines from C++ unless the user asks for them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's own (tsl) logging: no INFO lines from C++ unless the user asks; warnings and errors stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # What TensorFlow writes to stderr while it starts, whatever the log level: absl prints every line
 # logged before absl::InitializeLog(), and the CUDA probe reports an error on a machine without a GPU.
 STARTUP_NOISE = re.compile(
@@ -48,7 +48,11 @@ def quiet_startup() -> Iterator[None]:
     captured while TensorFlow loads and finds its devices, and replayed without the known notices.
     """
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a detached process): nothing to keep quiet
+        yield
+        return
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:

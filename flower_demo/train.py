@@ -117,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone weights: imagenet (Keras downloads them), a local .h5 file, or none",
     )
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="input size in pixels")
-    p.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="augmented views per training image")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=DEFAULT_VIEWS,
+        help="views per training image: the photo as it is, then augmented copies",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per training step")
     p.add_argument("--dropout", type=float, default=0.3, help="dropout rate before the classifier")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the loss")
