@@ -52,7 +52,7 @@ QUICK_HELP = (
     "1,020 validation photos (the full run: 92.25%), in 73 s of CPU time (141 s wall clock while\n"
     "the machine was busy with other jobs). It leaves a 14 MB run folder."
 )
-MIXUP_MIN_STEPS = 200  # below this many steps in a stage, mixup only slows learning: it is switched off
+SHORT_STAGE_STEPS = 200  # a stage this short gets a warning, and no mixup (it only slows learning there)
 EMA_WARMUP = 10  # the weight average's momentum is min(--ema, (1 + step) / (EMA_WARMUP + step))
 RUN_README = """This folder is one run of `python -m flower_demo.train` (flower_demo).
 
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixup",
         type=float,
         default=0.2,
-        help=f"mixup alpha on cached activations (0 = off; off in a stage of under {MIXUP_MIN_STEPS} steps)",
+        help=f"mixup alpha on cached activations (0 = off; off in stages under {SHORT_STAGE_STEPS} steps)",
     )
     p.add_argument(
         "--ema",
@@ -465,10 +465,10 @@ def fit_stage(
     best_so_far = max(read_log(log).get("val_accuracy", []), default=None)
     one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
     steps = epochs * -(-len(train_labels) // args.batch_size)
-    mixup = args.mixup
-    if mixup and steps < MIXUP_MIN_STEPS:
-        print(f"{stage}: mixup off: {steps} steps are too few for it to pay off (it needs {MIXUP_MIN_STEPS})")
-        mixup = 0.0
+    mixup = args.mixup if steps >= SHORT_STAGE_STEPS else 0.0
+    if steps < SHORT_STAGE_STEPS:
+        off = "; mixup off, it needs longer to pay off" if args.mixup else ""
+        print(f"{stage}: only {steps} training steps, expect a weak model (--quick: 480 on Flowers-102){off}")
     views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, mixup)
     compile_stage(trainable, lr, epochs, len(views), args)
     # With EMA, validation and the best checkpoint use the averaged weights.
