@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -54,6 +55,7 @@ BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
 # The names of the exported model's outputs (export.py writes them, both engines return them).
 PROBABILITIES, CLASS_MAPS, FEATURES = "probabilities", "class_maps", "features"
+LITERT_NOISE = re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate")  # printed at every load
 
 
 # --- metadata and label maps -----------------------------------------------------------------
@@ -225,27 +227,32 @@ def _interpreter_class() -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def _native_info_lines_dropped() -> Iterator[None]:
-    """Keep the runtime's native "INFO: Created TensorFlow Lite XNNPACK delegate" line off the
-    user's terminal: the C++ library writes it to file descriptor 2, which Python cannot filter,
-    so stderr is caught in a file for the duration and every other line is written back."""
+def native_stderr_filtered(drop: re.Pattern) -> Iterator[None]:
+    """Keep lines matching `drop` that native libraries write while the block runs (TensorFlow's
+    start-up notices, LiteRT's "Created TensorFlow Lite XNNPACK delegate") off the user's terminal.
+
+    C++ code writes to file descriptor 2 directly, past `sys.stderr`, so the descriptor itself is
+    captured in a file for the duration, and every other line (real warnings, errors) written back.
+    """
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a detached process): nothing to keep quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
         try:
             yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            caught.seek(0)
-            kept = [
-                line
-                for line in caught.read().decode(errors="replace").splitlines()
-                if not line.startswith("INFO: ")
-            ]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not drop.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 class LiteRTEngine:
@@ -262,7 +269,7 @@ class LiteRTEngine:
         if not self.path.is_file():
             raise FlowerDemoError(f"model file not found: {self.path}")
         try:
-            with _native_info_lines_dropped():
+            with native_stderr_filtered(LITERT_NOISE):
                 self.interpreter = _interpreter_class()(model_path=str(self.path), num_threads=num_threads)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:

@@ -56,6 +56,8 @@ def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages
     data_dir = Path(data_dir)
     if split not in OXFORD_SPLITS:
         raise FlowerDemoError(f"unknown split {split!r}; choose one of {', '.join(OXFORD_SPLITS)}")
+    if not data_dir.is_dir():
+        raise FlowerDemoError(f"data folder not found: {data_dir}")
     for name in ("imagelabels.mat", "setid.mat"):
         if not (data_dir / name).is_file():
             raise FlowerDemoError(f"{data_dir} is not a Flowers-102 folder: {name} is missing")
@@ -184,7 +186,9 @@ def decode_all(items: Sequence[ImageLike], image_size: int) -> np.ndarray:
     """Every image decoded into memory as (n, size, size, 3) uint8."""
     import keras
 
-    bar = keras.utils.Progbar(len(items), unit_name="image")
+    from flower_demo.models import progress_verbosity
+
+    bar = keras.utils.Progbar(len(items), unit_name="image", verbose=progress_verbosity())
     out = np.empty((len(items), image_size, image_size, 3), dtype=np.uint8)
     done = 0
     for batch in iter_decoded(items, image_size, batch_size=64):

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -49,6 +50,9 @@ REPRESENTATIVE_SEED = 0
 WARMUP = 5
 REPEATS = 50
 EXPORTS_KEY = "exports"
+# What the converter logs on every run (absl INFO and WARNING lines: "Ignored output_format", the
+# SavedModel it reads back); its errors (E lines) still reach the terminal.
+CONVERTER_NOISE = re.compile(r"^[IW]\d{4} ")
 
 
 def tflite_file_name(quantize: str) -> str:
@@ -98,7 +102,11 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
     # weights as variables (VAR_HANDLE ops) instead of constants in the file.
     with tempfile.TemporaryDirectory(prefix="flower_demo_export_") as saved:
         try:
-            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            with (
+                contextlib.redirect_stdout(sys.stderr),
+                warnings.catch_warnings(),
+                core.native_stderr_filtered(CONVERTER_NOISE),
+            ):
                 warnings.simplefilter("ignore")  # Keras prints the signature, the converter warns
                 serving = models.serving_model(model)
                 serving.export(saved, format="tf_saved_model", input_signature=signature, verbose=False)

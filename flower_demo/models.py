@@ -10,23 +10,58 @@ A saved model is a folder (file names and metadata reading live in core.py):
 `load_model` checks the Keras file against its metadata; `serving_model` adds the outputs the core
 expects (class activation maps and pooled features beside the probabilities); `KerasEngine` is the
 core's engine for it.
+
+Every module that uses TensorFlow imports this one before it (directly or through the package), so
+TensorFlow's start-up notices are kept out of the command lines' output here, once: see
+`quiet_startup`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
 from flower_demo import core
 from flower_demo.errors import FlowerDemoError, first_line
+
+# TensorFlow's own (tsl) logging: no INFO lines from C++ unless the user asks; warnings and errors stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# What TensorFlow writes to stderr while it starts, whatever the log level: absl prints every line
+# logged before absl::InitializeLog(), and the CUDA probe reports an error on a machine without a GPU.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc"
+    r"|cpu_feature_guard\.cc|To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
+)
+
+
+def quiet_startup() -> contextlib.AbstractContextManager:
+    """Drop TensorFlow's start-up notices from stderr; every other line (real warnings, errors) is kept."""
+    return core.native_stderr_filtered(STARTUP_NOISE)
+
+
+with quiet_startup():
+    import keras
+
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe logs here, once
+
+
+def progress_verbosity() -> int:
+    """Keras `verbose`: 1 (a live progress bar) on a terminal, 2 (one plain line per epoch) in a log."""
+    return 1 if sys.stdout.isatty() else 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +86,12 @@ BACKBONES: dict[str, Backbone] = {
         keras.applications.resnet50.preprocess_input,
         fine_tune_from="conv4_block6_out",
         feature_map="conv5_block3_out",
+    ),
+    "vgg16": Backbone(
+        keras.applications.VGG16,
+        keras.applications.vgg16.preprocess_input,
+        fine_tune_from="block4_pool",  # block 5's three convolutions
+        feature_map="block5_conv3",
     ),
 }
 HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)

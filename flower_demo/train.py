@@ -1,7 +1,7 @@
 """Train a flower classifier in two stages and save it into a run folder.
 
-    python -m flower_demo.train --data-dir ../shared/data/oxford_flowers102 \
-        --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+    python -m flower_demo.train --data-dir DATA_DIR --weights imagenet          # the full run
+    python -m flower_demo.train --data-dir DATA_DIR --weights imagenet --quick  # head only, ~1 min
 
 Stage 1 trains the dense head on the frozen backbone. Stage 2 unfreezes the top of the backbone
 (from the registry's `fine_tune_from` layer up) at a low learning rate; BatchNorm layers stay
@@ -14,9 +14,8 @@ draws one random view per image. Decoded images and activations stay in memory a
 saved in the run folder, so `--resume` restarts where a run stopped without recomputing them.
 With a GPU the same steps run there, in mixed precision.
 
-A run folder holds: model.keras + metadata.json (the result), history.json, curves.png, report/
-(where the model fails on the validation split: flower_demo.report),
-checkpoints per stage, and the activation cache. `weights/` is written only with `--ship`.
+A run folder holds what RUN_README (written into it as README.txt) lists, and report/ (where the
+model fails on the validation split: flower_demo.report). `weights/` is written only with `--ship`.
 """
 
 from __future__ import annotations
@@ -33,28 +32,66 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from flower_demo import core, data, models, report
+from flower_demo import models  # first: it keeps TensorFlow's start-up notices off the terminal
+
+# isort: split
+import keras
+
+from flower_demo import core, data, report
 from flower_demo.errors import FlowerDemoError
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_VIEWS = 16  # augmented copies of each training image
 CACHE_BATCH = 32
+# The quick recipe: the head alone on the photos as they are (1 view); figures in QUICK_HELP and README.
+QUICK = {"stage2_epochs": 0, "views": 1, "stage1_epochs": 30}
+QUICK_HELP = (
+    "--quick trains the head alone on the frozen backbone (no fine-tuning), on the photos as they are.\n"
+    "Measured on Flowers-102 (1,020 training photos, 2-core CPU): 82.45% top-1 / 95.10% top-5 on its\n"
+    "1,020 validation photos (the full run: 92.25%), in 73 s of CPU time (141 s wall clock while\n"
+    "the machine was busy with other jobs). It leaves a 14 MB run folder."
+)
+SHORT_STAGE_STEPS = 200  # a stage this short gets a warning, and no mixup (it only slows learning there)
+EMA_WARMUP = 10  # the weight average's momentum is min(--ema, (1 + step) / (EMA_WARMUP + step))
+RUN_README = """This folder is one run of `python -m flower_demo.train` (flower_demo).
+
+model.keras, metadata.json   the trained model and what it is (classes, data, metrics, settings);
+                             load it with --model THIS_FOLDER in predict, evaluate, calibrate, export
+model.tflite                 the same model for LiteRT, what predict and the app run by default
+report/                      where the model fails on the validation split (open report/index.html)
+settings.json                the command's options
+history.json, curves.png     per-epoch loss and accuracy of both stages
+stage1_log.csv, stage2_log.csv, stage*_best.weights.h5, stage*.done, checkpoints/
+                             per-epoch logs and checkpoints: --resume continues or extends the run
+cache/                       decoded images and frozen activations (most of the disk); {cache_fate}
+"""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written (its example must not wrap); each option's default shown once."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:  # nothing to show, or said in the help
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m flower_demo.train",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n", 2)[1] + "\n\n" + QUICK_HELP if __doc__ else None,
+        formatter_class=HelpFormatter,
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="Flowers-102 folder (jpg/, imagelabels.mat, setid.mat)")
     source.add_argument("--tfds", metavar="NAME", help="tensorflow_datasets name, e.g. tf_flowers")
     source.add_argument("--image-folder", help="class-per-folder image tree (your own data)")
-    p.add_argument("--tfds-dir", help="where tensorflow_datasets keeps its downloads")
+    p.add_argument(
+        "--tfds-dir",
+        help="where tensorflow_datasets keeps its downloads (default: tfds' own, ~/tensorflow_datasets)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -65,40 +102,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-per-class",
         type=int,
         default=0,
-        help="use at most N training images per class (quick runs; 0 = all)",
+        help="use at most N training images per class (0 = all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick recipe (figures above): "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+        + " (the options given explicitly still win)",
     )
     p.add_argument(
         "--backbone",
         default="mobilenet_v2",
-        help=f"one of {', '.join(models.BACKBONES)} or hub:HANDLE",
+        help=f"one of {', '.join(models.BACKBONES)}, or hub:HANDLE (a TF-Hub feature-vector module)",
     )
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="backbone weights: imagenet, a local .h5 file, or none",
+        help="backbone weights: imagenet (Keras downloads them), a local .h5 file, or none",
     )
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="input size in pixels")
     p.add_argument(
         "--views",
         type=int,
         default=DEFAULT_VIEWS,
-        help="augmented views per training image",
+        help="views per training image: the photo as it is, then augmented copies",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--stage1-epochs", type=int, default=15)
-    p.add_argument("--stage1-lr", type=float, default=1e-3)
-    p.add_argument("--stage2-epochs", type=int, default=60, help="0 skips fine-tuning")
-    p.add_argument("--stage2-lr", type=float, default=2e-4)
-    p.add_argument("--mixup", type=float, default=0.2, help="mixup alpha on cached activations (0 = off)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout rate before the classifier")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the loss")
+    p.add_argument("--stage1-epochs", type=int, default=15, help="epochs of the head on the frozen backbone")
+    p.add_argument("--stage1-lr", type=float, default=1e-3, help="learning rate of stage 1")
+    p.add_argument(
+        "--stage2-epochs",
+        type=int,
+        default=60,
+        help="most epochs of fine-tuning the backbone's top (0 = skip)",
+    )
+    p.add_argument("--stage2-lr", type=float, default=2e-4, help="learning rate of stage 2")
+    p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.2,
+        help=f"mixup alpha on cached activations (0 = off; off in stages under {SHORT_STAGE_STEPS} steps)",
+    )
     p.add_argument(
         "--ema",
         type=float,
         default=0.99,
-        help="keep an exponential moving average of the weights with this momentum, e.g. 0.99 (0 = off)",
+        help="momentum of the weights' moving average, warmed up as min(EMA, (1+step)/(10+step)) (0 = off)",
     )
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument(
         "--schedule",
         choices=("constant", "cosine"),
@@ -113,22 +167,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--fine-tune-from",
-        help="layer whose output feeds the fine-tuned part (default: the registry's)",
+        help="layer whose output feeds the fine-tuned part (default: the backbone registry's)",
     )
-    p.add_argument("--patience", type=int, default=10, help="early stopping on validation accuracy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="stop a stage after this many epochs without a better val accuracy",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of views, order, mixup and initialisation")
     p.add_argument("--run-dir", help="output folder (default: runs/<date-time>)")
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir where it stopped",
+        help="continue the run in --run-dir where it stopped (or extend it with more epochs)",
+    )
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="keep run-dir/cache/ (decoded images, activations) after a successful run, "
+        "so that --resume with more epochs need not recompute it",
+    )
+    cache.add_argument(
+        "--drop-cache",
+        dest="keep_cache",
+        action="store_false",
+        default=argparse.SUPPRESS,  # the default is --keep-cache's (False), said in this help
+        help="delete run-dir/cache/ after a successful run (the default); an interrupted run keeps it",
     )
     p.add_argument(
         "--ship",
         action="store_true",
         help=f"also copy the result into {core.SHIPPED_MODEL_DIR} (overwrites it)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:  # the quick recipe's values become the defaults; options given still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -301,7 +383,12 @@ def cache_activations(
     """(n_views, n, ...) float16 activations of `images`: view 0 plain, the others augmented."""
     plain, augmented = steps
     out = np.empty((n_views, len(images), *bottom.output_shape[1:]), dtype="float16")
-    bar = keras.utils.Progbar(n_views * len(images), unit_name="image") if progress else None
+    total = n_views * len(images)
+    bar = (
+        keras.utils.Progbar(total, unit_name="image", verbose=models.progress_verbosity())
+        if progress
+        else None
+    )
     for v in range(n_views):
         step = augmented if v > 0 else plain
         for i in range(0, len(images), CACHE_BATCH):
@@ -317,6 +404,27 @@ def pooled_features(top: keras.Model, acts: np.ndarray) -> np.ndarray:
     return np.asarray(top.predict(np.asarray(acts, "float32"), batch_size=128, verbose=0))
 
 
+class AdamWAveraged(keras.optimizers.AdamW):
+    """AdamW whose weight average warms up: momentum min(ema, (1 + step) / (EMA_WARMUP + step)).
+
+    Keras' own average uses its full momentum from the second step on, so after a few hundred
+    steps at 0.99 it still holds mostly the weights the stage started from (a 40-step run scored
+    1% that way). Warmed up, the average covers about the last tenth of a short stage and reaches
+    the full momentum after about EMA_WARMUP / (1 - ema) steps.
+    """
+
+    def _update_model_variables_moving_average(self, trainable_variables: list) -> None:
+        if not self.use_ema:
+            return
+        step = keras.ops.cast(self.iterations, "float32")  # 0 during the first update
+        warm = keras.ops.minimum(self.ema_momentum, (1.0 + step) / (EMA_WARMUP + step))
+        momentum = keras.ops.where(step > 0, warm, 0.0)  # the first step copies the weights
+        for var, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                m = keras.ops.cast(momentum, var.dtype)
+                average.assign(m * average + (1 - m) * var)
+
+
 def compile_stage(
     trainable: keras.Model, lr: float, epochs: int, steps_per_epoch: int, args: argparse.Namespace
 ) -> None:
@@ -324,7 +432,7 @@ def compile_stage(
     ema = {"use_ema": True, "ema_momentum": args.ema} if args.ema else {}
     rate = learning_rate(lr, epochs, steps_per_epoch, args.schedule, args.warmup_epochs)
     trainable.compile(
-        optimizer=keras.optimizers.AdamW(rate, weight_decay=args.weight_decay, **ema),
+        optimizer=AdamWAveraged(rate, weight_decay=args.weight_decay, **ema),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
@@ -359,7 +467,12 @@ def fit_stage(
         log.unlink(missing_ok=True)
     best_so_far = max(read_log(log).get("val_accuracy", []), default=None)
     one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")
-    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, args.mixup)
+    steps = epochs * -(-len(train_labels) // args.batch_size)
+    mixup = args.mixup if steps >= SHORT_STAGE_STEPS else 0.0
+    if steps < SHORT_STAGE_STEPS:
+        off = "; mixup off, it needs longer to pay off" if args.mixup else ""
+        print(f"{stage}: only {steps} training steps, expect a weak model (--quick: 480 on Flowers-102){off}")
+    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, mixup)
     compile_stage(trainable, lr, epochs, len(views), args)
     # With EMA, validation and the best checkpoint use the averaged weights.
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []
@@ -381,7 +494,7 @@ def fit_stage(
             keras.callbacks.CSVLogger(str(log), append=True),
             keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience),
         ],
-        verbose="auto" if sys.stdout.isatty() else 2,
+        verbose=models.progress_verbosity(),
     )
     trainable.load_weights(best)
     done.write_text(str(epochs))
@@ -464,19 +577,16 @@ def run(args: argparse.Namespace) -> Path:
     if args.resume and not (args.run_dir and Path(args.run_dir).is_dir()):
         raise FlowerDemoError("--resume needs --run-dir pointing at an existing run folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or core.REPO_ROOT / "runs" / stamp)
+    run_dir = Path(args.run_dir or Path("runs") / stamp)  # in the working directory, also when installed
     if run_dir.resolve() == core.SHIPPED_MODEL_DIR.resolve():
         raise FlowerDemoError("--run-dir must not be weights/; use --ship to publish a run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "ship")}
-    (run_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    started = time.time()
     keras.utils.set_random_seed(args.seed)
     gpu = models.gpu_available()
     if gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    print(f"run folder: {run_dir}  device: {'GPU (mixed precision)' if gpu else 'CPU'}")
-    started = time.time()
 
+    # Data and model first: a wrong path or name fails before anything is written.
     train, val = load_splits(args)
     size, names = args.image_size, train.class_names
     weights = None if args.weights in ("none", "None", "") else args.weights
@@ -484,7 +594,15 @@ def run(args: argparse.Namespace) -> Path:
     fine_tune_from = None
     if args.stage2_epochs > 0 and not args.backbone.startswith(models.HUB_PREFIX):
         fine_tune_from = args.fine_tune_from or models.BACKBONES[args.backbone].fine_tune_from
+
     bottom, top = split_model(model, args.backbone, fine_tune_from)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "ship", "keep_cache")}
+    (run_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+    cache_fate = "kept (--keep-cache)" if args.keep_cache else "deleted after a successful run (--drop-cache)"
+    (run_dir / "README.txt").write_text(RUN_README.format(cache_fate=cache_fate))
+    print(f"run folder: {run_dir}  device: {'GPU (mixed precision)' if gpu else 'CPU'}")
 
     # Everything the cached arrays depend on, so a changed setting never reuses a stale cache.
     key = hashlib.sha256(
@@ -569,6 +687,9 @@ def run(args: argparse.Namespace) -> Path:
     print(f"validation report: {page}")
     print(f"saved {run_dir / core.MODEL_FILE}")
     export_for_serving(run_dir)
+    if not args.keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"deleted the cache {cache} (--keep-cache keeps it)")
     if args.ship:
         ship(run_dir)
     return run_dir

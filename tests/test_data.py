@@ -64,8 +64,14 @@ def test_oxford_folder_errors(oxford_dir, tmp_path):
     (oxford_dir / "setid.mat").unlink()
     with pytest.raises(FlowerDemoError, match="setid.mat is missing"):
         data.load_oxford_folder(oxford_dir, "train")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FlowerDemoError, match="imagelabels.mat is missing"):
-        data.load_oxford_folder(tmp_path / "nowhere", "train")
+        data.load_oxford_folder(tmp_path / "empty", "train")
+
+
+def test_missing_data_folder_is_reported_as_missing(tmp_path):
+    with pytest.raises(FlowerDemoError, match=r"^data folder not found: .*nowhere$"):
+        data.load_oxford_folder(tmp_path / "nowhere", "validation")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -44,8 +46,8 @@ def test_keras_backbones(backbone):
 
 
 def test_backbone_errors(tmp_path):
-    with pytest.raises(FlowerDemoError, match="unknown backbone 'vgg16'.*mobilenet_v2"):
-        models.create_model("vgg16", 3, TINY_SIZE, weights=None)
+    with pytest.raises(FlowerDemoError, match="unknown backbone 'vgg19'.*mobilenet_v2.*vgg16"):
+        models.create_model("vgg19", 3, TINY_SIZE, weights=None)
     with pytest.raises(FlowerDemoError, match="weights file not found"):
         models.create_model("mobilenet_v2", 3, TINY_SIZE, weights=str(tmp_path / "absent.h5"))
 
@@ -55,6 +57,7 @@ def test_backbone_errors(tmp_path):
     [
         ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input),
         ("resnet50", keras.applications.resnet50.preprocess_input),
+        ("vgg16", keras.applications.vgg16.preprocess_input),
         ("hub:anything", lambda x: x / 255.0),
     ],
 )
@@ -225,3 +228,45 @@ def test_shipped_label_map_matches_shipped_model(shipped_metadata):
         pytest.skip("no label_map.json")
     names = core.load_label_map(core.SHIPPED_LABEL_MAP, len(shipped_metadata["class_names"]))
     assert names == shipped_metadata["class_names"]
+
+
+# --- TensorFlow's start-up notices -----------------------------------------------------------
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    repo = core.REPO_ROOT
+    return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_importing_tensorflow_through_models_is_quiet():
+    """oneDNN, cuda, absl and CPU-feature notices stay off stderr (a fresh process prints them)."""
+    result = run_python("import flower_demo.models, keras; print(keras.ops.ones(2).shape)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2,)"
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
+def test_quiet_startup_keeps_other_lines():
+    code = (
+        "import os, sys\n"
+        "from flower_demo.models import quiet_startup\n"
+        "with quiet_startup():\n"
+        "    os.write(2, b'I0000 00:00 1 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "    os.write(2, b'E0000 00:00 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n')\n"
+        "    os.write(2, b'W0000 00:00 1 a real warning\\n')\n"
+        "    print('a python message', file=sys.stderr)\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["W0000 00:00 1 a real warning", "a python message"]
+
+
+def test_vgg16_registry_entry_fits_the_network():
+    """The cut and the Grad-CAM map are VGG16's own layers: block 5's convolutions above the cut."""
+    backbone = models.create_backbone("vgg16", TINY_SIZE, weights=None)
+    names = [layer.name for layer in backbone.layers]
+    cut = names.index(models.BACKBONES["vgg16"].fine_tune_from)
+    assert names[cut + 1 : cut + 4] == ["block5_conv1", "block5_conv2", "block5_conv3"]
+    assert models.BACKBONES["vgg16"].feature_map == "block5_conv3"

@@ -4,8 +4,11 @@ and what stage 2 may and may not change in the backbone."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -82,18 +85,21 @@ def test_trained_model_reloads_and_predicts(trained_run, image_tree):
     from flower_demo.evaluate import evaluate_model
 
     _, run_dir, _ = trained_run
-    classifier = Classifier(run_dir)
+    classifier = Classifier(run_dir)  # the run exported model.tflite: LiteRT serves it
+    assert classifier.engine.name == "litert" and (run_dir / "model.tflite").is_file()
     assert classifier.class_names == NAMES and classifier.image_size == SIZE
     image = next((image_tree / "red rose").glob("*.png"))
     prediction = predict(image, model=classifier, top_k=3)
     assert sorted(prediction.class_names) == NAMES
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
 
-    # the saved model is the one that was measured: same validation split, same accuracy
+    # the saved model is the one that was measured: same validation split, same accuracy, with
+    # either engine
     _, val = data.load_image_folder(image_tree, 0.2, seed=0)
-    metrics = evaluate_model(classifier.model, val.items, val.labels)
     saved = json.loads((run_dir / "metadata.json").read_text())["metrics"]
-    assert metrics["top1"] == pytest.approx(saved["validation_top1"])
+    for served in (classifier, Classifier(run_dir, engine="keras")):
+        metrics = evaluate_model(served.probabilities, val.items, val.labels, SIZE)
+        assert metrics["top1"] == pytest.approx(saved["validation_top1"])
 
 
 def test_stage2_keeps_batchnorm_and_tunes_the_top(trained_run, mobilenet_weights):
@@ -153,7 +159,7 @@ def resumed_run(tmp_path_factory, image_tree, mobilenet_weights):
     Returns (run folder, output of the first run, output of the resumed run, cache mtimes of both).
     """
     run_dir = tmp_path_factory.mktemp("runs") / "crashed"
-    args = train_args(image_tree, mobilenet_weights, run_dir, 1, 3, views=1)
+    args = [*train_args(image_tree, mobilenet_weights, run_dir, 1, 3, views=1), "--keep-cache"]
     real_early_stopping = keras.callbacks.EarlyStopping
 
     class CrashInStage2(real_early_stopping):  # train.fit_stage creates one per stage
@@ -210,7 +216,9 @@ def test_resume_extends_a_finished_stage(resumed_run, image_tree, mobilenet_weig
     run_dir, _, _, _ = resumed_run
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = train.main([*train_args(image_tree, mobilenet_weights, run_dir, 1, 4, views=1), "--resume"])
+        code = train.main(
+            [*train_args(image_tree, mobilenet_weights, run_dir, 1, 4, views=1), "--resume", "--keep-cache"]
+        )
     assert code == 0, out.getvalue()
     assert "stage1: already finished" in out.getvalue()
     assert "Epoch 4/4" in out.getvalue() and "Epoch 1/4" not in out.getvalue()
@@ -244,3 +252,125 @@ def test_learning_rate_schedule(tmp_path, schedule, warmup, expected):
         optimizer.iterations.assign(step)
         rates.append(float(optimizer.learning_rate))
     assert rates == pytest.approx(expected, abs=1e-6)
+
+
+# --- a newcomer's path: the quick recipe, errors, help, the weight average, packaging ----------
+
+QUICK_COLOURS = {
+    "red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220),
+    "yellow": (230, 220, 40), "purple": (150, 40, 180), "grey": (128, 128, 128),
+}  # fmt: skip
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m flower_demo.MODULE ARGS` as a user runs it (stdout is a pipe, not a terminal)."""
+    command = [sys.executable, "-m", f"flower_demo.{module}", *map(str, args)]
+    return subprocess.run(command, cwd=core.REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_quick_recipe_learns_tiny_data(tmp_path, mobilenet_weights):
+    """--quick on 6 classes (chance 17%): well above chance, quiet, plain progress lines, no cache left."""
+    tree = make_class_tree(tmp_path / "six", QUICK_COLOURS, per_class=10, size=40)
+    run_dir = tmp_path / "run"
+    result = run_module(
+        "train", "--image-folder", tree, "--val-fraction", "0.3", "--quick", "--weights", mobilenet_weights,
+        "--image-size", SIZE, "--batch-size", "8", "--run-dir", run_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""  # no TensorFlow start-up notices, nothing else either
+    assert "\x1b" not in result.stdout and "\b" not in result.stdout  # no live bars in a log
+    assert "Epoch 1/30" in result.stdout  # early stopping may end it sooner
+    assert "stage1: only 180 training steps" in result.stdout  # 42 images / 8 = 6 steps, 30 epochs
+    assert "mixup off" in result.stdout
+
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["data"]["validation_size"] == 18
+    assert metadata["training"]["quick"] and metadata["training"]["stage2_epochs"] == 0
+    assert metadata["metrics"]["validation_top1"] >= 0.5, metadata["metrics"]  # 3x chance; measured 0.67
+    assert set(json.loads((run_dir / "history.json").read_text())) == {"stage1"}
+    assert not (run_dir / "cache").exists()  # --drop-cache is the default
+    assert "cache/" in (run_dir / "README.txt").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["train", "evaluate"])
+def test_missing_data_folder_is_reported_as_missing(tmp_path, module, tiny_model_dir):
+    absent = tmp_path / "no_such_folder"
+    args = ["--run-dir", tmp_path / "run"] if module == "train" else ["--model", tiny_model_dir]
+    result = run_module(module, "--data-dir", absent, *args)
+    assert result.returncode == 1
+    assert result.stderr == f"error: data folder not found: {absent}\n"
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run folder behind
+
+
+def test_help_texts_and_defaults(monkeypatch):
+    """Every option says what it does and shows its default once; the examples do not wrap."""
+    monkeypatch.setenv("COLUMNS", "70")
+    parser = train.build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+        shown = formatter._get_help_string(action) % {**vars(action), "prog": parser.prog}
+        assert shown.count("default") <= 1, shown
+        if action.default not in (None, False, "==SUPPRESS=="):
+            assert f"(default: {action.default})" in shown, shown
+    lines = parser.format_help().splitlines()
+    for example in train.__doc__.split("\n\n")[1].splitlines():
+        assert example in lines
+
+
+def test_quick_options_are_defaults_not_overrides():
+    quick = train.parse_args(["--image-folder", "x", "--quick", "--views", "3"])
+    assert (quick.stage2_epochs, quick.stage1_epochs, quick.views) == (0, 30, 3)
+    assert train.parse_args(["--image-folder", "x"]).stage2_epochs == 60
+
+
+def test_weight_average_warms_up():
+    """The average follows min(ema, (1 + step) / (10 + step)), so a short stage's average is recent."""
+    averages = {}
+    for name, optimizer in [
+        ("warm", train.AdamWAveraged(0.1, weight_decay=0.0, use_ema=True, ema_momentum=0.99)),
+        ("keras", keras.optimizers.AdamW(0.1, weight_decay=0.0, use_ema=True, ema_momentum=0.99)),
+    ]:
+        var = keras.Variable(np.zeros(1, "float32"))
+        expected = 0.0
+        for step in range(50):
+            optimizer.apply_gradients([(keras.ops.ones(1), var)])  # constant gradient: var falls ~0.1 a step
+            momentum = 0.0 if step == 0 else min(0.99, (1 + step) / (10 + step))
+            expected = momentum * expected + (1 - momentum) * float(var.numpy()[0])
+        averages[name] = float(optimizer._model_variables_moving_average[0].numpy()[0])
+        final = float(var.numpy()[0])
+    assert averages["warm"] == pytest.approx(expected, rel=1e-4)
+    assert final < -4.5  # the weight moved ...
+    assert averages["warm"] < final + 1.5  # ... and the warmed-up average followed it
+    assert averages["keras"] > final + 2.5  # Keras' own average still sits near the start
+
+
+def test_package_metadata():
+    """pyproject.toml: dependencies and extras come from the requirements files; the console
+    commands name real functions."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project_file = core.REPO_ROOT / "pyproject.toml"
+    config = tomllib.loads(project_file.read_text())
+    dynamic = config["tool"]["setuptools"]["dynamic"]
+    files = {
+        "": dynamic["dependencies"]["file"],
+        **{k: v["file"] for k, v in dynamic["optional-dependencies"].items()},
+    }
+    assert files == {
+        "": ["requirements.txt"],
+        "train": ["requirements-train.txt"],
+        "test": ["requirements-test.txt"],
+    }
+    for names in files.values():
+        lines = (core.REPO_ROOT / names[0]).read_text().splitlines()
+        requirements = [line for line in lines if line.strip() and not line.startswith("#")]
+        assert requirements and all("==" in line and not line.startswith("-") for line in requirements)
+    assert "dependencies" not in config["project"]  # no second list of pins
+    scripts = config["project"]["scripts"]
+    assert set(scripts) == {"flower-predict", "flower-train", "flower-evaluate"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+    assert "Apache License" in (core.REPO_ROOT / "LICENSE").read_text()
