@@ -172,6 +172,11 @@ def create_backbone(name: str, image_size: int, weights: str | None = "imagenet"
         )
     except ValueError as exc:  # e.g. an input size the architecture does not accept
         raise FlowerDemoError(f"cannot build {name} at {image_size}px: {first_line(exc)}") from None
+    except OSError as exc:  # Keras could not download the ImageNet weights (offline, say)
+        raise FlowerDemoError(
+            f"cannot download the ImageNet weights of {name} ({first_line(exc)}); "
+            "pass a local weights file with --weights FILE"
+        ) from None
     model.name = "backbone"
     model.trainable = False
     return model

@@ -63,15 +63,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_module(module: str, *args: object, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS...` from the repository root, the way users run our commands."""
+def run_module(
+    module: str, *args: object, cwd: Path = REPO_ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS...` the way users run our commands (stdout a pipe, not a terminal),
+    from the repository root or from `cwd` with the repository's package importable."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **env},
+        env={**os.environ, "PYTHONPATH": path},
     )
 
 

@@ -8,15 +8,13 @@ import base64
 import contextlib
 import io
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, TINY_CLASSES, TINY_SIZE, make_class_tree, save_solid
+from helpers import TINY_CLASSES, TINY_SIZE, make_class_tree, run_module, save_solid
 from PIL import Image
 
 from flower_demo import FlowerDemoError, report
@@ -167,13 +165,6 @@ def test_plot_prediction_size_and_errors(tmp_path: Path) -> None:
     not_photo.write_text("hello")
     with pytest.raises(FlowerDemoError, match="not an image"):
         report.plot_prediction(not_photo, prediction, tmp_path / "chart.png")
-
-
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    """`python -m flower_demo.<...>` as a user runs it, from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
 
 
 @pytest.mark.slow

@@ -7,14 +7,12 @@ import contextlib
 import importlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from helpers import make_class_tree
+from helpers import make_class_tree, run_module
 from PIL import Image
 
 from flower_demo import core, models, train
@@ -262,20 +260,14 @@ QUICK_COLOURS = {
 }  # fmt: skip
 
 
-def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m flower_demo.MODULE ARGS` as a user runs it (stdout is a pipe, not a terminal)."""
-    command = [sys.executable, "-m", f"flower_demo.{module}", *map(str, args)]
-    return subprocess.run(command, cwd=core.REPO_ROOT, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_quick_recipe_learns_tiny_data(tmp_path, mobilenet_weights):
     """--quick on 6 classes (chance 17%): well above chance, quiet, plain progress lines, no cache left."""
     tree = make_class_tree(tmp_path / "six", QUICK_COLOURS, per_class=10, size=40)
     run_dir = tmp_path / "run"
     result = run_module(
-        "train", "--image-folder", tree, "--val-fraction", "0.3", "--quick", "--weights", mobilenet_weights,
-        "--image-size", SIZE, "--batch-size", "8", "--run-dir", run_dir,
+        "flower_demo.train", "--image-folder", tree, "--val-fraction", "0.3", "--quick",
+        "--weights", mobilenet_weights, "--image-size", SIZE, "--batch-size", "8", "--run-dir", run_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""  # no TensorFlow start-up notices, nothing else either
@@ -298,7 +290,7 @@ def test_quick_recipe_learns_tiny_data(tmp_path, mobilenet_weights):
 def test_missing_data_folder_is_reported_as_missing(tmp_path, module, tiny_model_dir):
     absent = tmp_path / "no_such_folder"
     args = ["--run-dir", tmp_path / "run"] if module == "train" else ["--model", tiny_model_dir]
-    result = run_module(module, "--data-dir", absent, *args)
+    result = run_module(f"flower_demo.{module}", "--data-dir", absent, *args)
     assert result.returncode == 1
     assert result.stderr == f"error: data folder not found: {absent}\n"
     assert not (tmp_path / "run").exists()  # a failed start leaves no run folder behind
