@@ -238,9 +238,12 @@ def read_ood_statistics(path: Path, rule: str, k: int, num_classes: int) -> dict
         raise FlowerDemoError(f"the {rule} rule's statistics file is missing: {path}")
     try:
         with np.load(path, allow_pickle=False) as stored:
+            missing = [name for name in OOD_RULES[rule] if name not in stored.files]
+            if missing:
+                raise FlowerDemoError(f"{path} lacks the {rule} rule's array {missing[0]!r}")
             stats = {name: np.asarray(stored[name], dtype=np.float32) for name in OOD_RULES[rule]}
-    except KeyError as exc:
-        raise FlowerDemoError(f"{path} lacks the {rule} rule's array {exc}") from None
+    except FlowerDemoError:
+        raise
     except (OSError, ValueError) as exc:
         raise FlowerDemoError(f"cannot read {path}: {first_line(exc)}") from None
     shapes = {name: array.shape for name, array in stats.items()}
