@@ -11,6 +11,8 @@ beside the network in one or both of two forms:
 - `model.keras`: the trained Keras model; run when asked (ENGINE_ENV=keras, a `.keras` path) or
   where TensorFlow sees a GPU. Its engine lives in models.py and is imported only then.
 Both take RGB pixels 0..255 at the model's input size: the backbone's preprocessing is inside.
+Once calibrated, `ood.npz` beside them holds the statistics of the "not one of the classes" rule
+(for kNN, the normalised training features), applied to the pooled features of the same pass.
 
 This module owns: paths and file names, reading and checking metadata and label maps, the engines,
 the calibration and "not one of the classes" rule applied at run time, `Prediction`,

@@ -174,7 +174,9 @@ def save(image: Image.Image, stem: str) -> str:
     image = image.convert("RGB")
     scale = SHORT_SIDE / min(image.size)
     if scale < 1:
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS
+        )
     name = f"{stem}.jpg"
     image.save(HERE / name, quality=QUALITY)
     return name
@@ -185,8 +187,14 @@ def collect(debs: Path) -> list[dict[str, str]]:
 
     def add(image: Image.Image, stem: str, group: str, package: str, where: str, author: str, licence: str):
         rows.append(
-            {"file": save(image, stem), "group": group, "package": package, "path": where,
-             "author": author, "licence": licence}
+            {
+                "file": save(image, stem),
+                "group": group,
+                "package": package,
+                "path": where,
+                "author": author,
+                "licence": licence,
+            }
         )
 
     rcc_dir = debs / "x_gcompris-qt-data" / GCOMPRIS
@@ -199,18 +207,44 @@ def collect(debs: Path) -> list[dict[str, str]]:
             pictures = pictures[::pick]
         for p in pictures:
             author, licence, source = known.get(Path(p).name, ("", "", ""))
-            add(Image.open(io.BytesIO(files[p])), f"gcompris_{Path(folder).name}_{Path(p).stem}", group,
-                "gcompris-qt-data 3.1-2 (Debian)", f"{rcc}.rcc:{p}", author, f"{licence} {source}".strip())
+            add(
+                Image.open(io.BytesIO(files[p])),
+                f"gcompris_{Path(folder).name}_{Path(p).stem}",
+                group,
+                "gcompris-qt-data 3.1-2 (Debian)",
+                f"{rcc}.rcc:{p}",
+                author,
+                f"{licence} {source}".strip(),
+            )
     for file, group in OPENCV_PHOTOS.items():
         stem = "opencv_" + file.replace("/", "_").rsplit(".", 1)[0]
-        add(Image.open(debs / "x_opencv-doc" / OPENCV / file), stem, group,
-            "opencv-doc 4.6.0+dfsg-12 (Debian)", f"{OPENCV}/{file}", *OPENCV_LICENCE)
+        add(
+            Image.open(debs / "x_opencv-doc" / OPENCV / file),
+            stem,
+            group,
+            "opencv-doc 4.6.0+dfsg-12 (Debian)",
+            f"{OPENCV}/{file}",
+            *OPENCV_LICENCE,
+        )
     for file, group in PALAPELI_PHOTOS.items():
-        add(Image.open(debs / "x_palapeli-data" / PALAPELI / file), f"palapeli_{Path(file).stem}", group,
-            "palapeli-data 22.12.3-1 (Debian)", f"{PALAPELI}/{file}", *PALAPELI_LICENCE)
+        add(
+            Image.open(debs / "x_palapeli-data" / PALAPELI / file),
+            f"palapeli_{Path(file).stem}",
+            group,
+            "palapeli-data 22.12.3-1 (Debian)",
+            f"{PALAPELI}/{file}",
+            *PALAPELI_LICENCE,
+        )
     for file, (group, author) in LOMIRI_PHOTOS.items():
-        add(Image.open(debs / "x_lomiri-wallpapers-20.04" / LOMIRI / file), f"lomiri_{Path(file).stem}",
-            group, "lomiri-wallpapers-20.04 20.04.0-2 (Debian)", f"{LOMIRI}/{file}", author, "CC-BY-SA-3.0")
+        add(
+            Image.open(debs / "x_lomiri-wallpapers-20.04" / LOMIRI / file),
+            f"lomiri_{Path(file).stem}",
+            group,
+            "lomiri-wallpapers-20.04 20.04.0-2 (Debian)",
+            f"{LOMIRI}/{file}",
+            author,
+            "CC-BY-SA-3.0",
+        )
     import matplotlib
     import skimage
     import skimage.data
@@ -219,12 +253,33 @@ def collect(debs: Path) -> list[dict[str, str]]:
     for name, group in SKIMAGE_PHOTOS.items():
         array = getattr(skimage.data, name)()
         array = array[0] if name == "stereo_motorcycle" else array
-        add(Image.fromarray(array), f"skimage_{name}", group, f"scikit-image {skimage.__version__} (PyPI)",
-            f"skimage.data.{name}()", "see skimage/data/README.txt", "CC0 or public domain")
-    add(Image.fromarray(load_sample_image("china.jpg")), "sklearn_china", "building",
-        "scikit-learn (PyPI)", "sklearn.datasets.load_sample_image('china.jpg')", "", "CC-BY 2.0 (Wikimedia)")
-    add(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"), "matplotlib_grace_hopper",
-        "people", "matplotlib (PyPI)", "mpl-data/sample_data/grace_hopper.jpg", "US Navy", "public domain")
+        add(
+            Image.fromarray(array),
+            f"skimage_{name}",
+            group,
+            f"scikit-image {skimage.__version__} (PyPI)",
+            f"skimage.data.{name}()",
+            "see skimage/data/README.txt",
+            "CC0 or public domain",
+        )
+    add(
+        Image.fromarray(load_sample_image("china.jpg")),
+        "sklearn_china",
+        "building",
+        "scikit-learn (PyPI)",
+        "sklearn.datasets.load_sample_image('china.jpg')",
+        "",
+        "CC-BY 2.0 (Wikimedia)",
+    )
+    add(
+        Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"),
+        "matplotlib_grace_hopper",
+        "people",
+        "matplotlib (PyPI)",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        "US Navy",
+        "public domain",
+    )
     order = np.random.default_rng(SEED).permutation(len(rows))
     held = set(order[: round(HELD_OUT * len(rows))].tolist())
     for i, row in enumerate(rows):
