@@ -20,7 +20,8 @@ statistics to ood.npz beside the model (`--dry-run` only prints).
 
 This module owns the fitting and its measures; what prediction applies at run time
 (`Calibration`, `known_score`, `read_calibration`) is the serving core's (core.py). scipy,
-scikit-learn and Keras (for the classifier's kernel, energy only) are imported only when run.
+scikit-learn and Keras (to read the classifier's kernel and bias from model.keras, for energy)
+are imported only when run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +240,6 @@ def compare(
     fitted, table = {}, {}
     for name, rule in rules.items():
         flowers = scores(rule, validation)
-        from dataclasses import replace
-
         fitted[name] = replace(rule, ood_threshold=keep_threshold(flowers))
         row = {"kept_flowers": float((flowers >= fitted[name].ood_threshold).mean())}
         for part, outputs in others.items():
