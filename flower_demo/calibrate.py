@@ -1,84 +1,68 @@
-"""Honest probabilities and "not one of the 102": temperature scaling and a rejection rule.
+"""Honest probabilities and "not one of the 102": temperature scaling and the rejection rule.
 
     python -m flower_demo.calibrate --model weights --data-dir ../shared/data/oxford_flowers102
 
 Fits a temperature T on the validation split (softmax(log p / T) minimises the negative
-log-likelihood), measures the expected calibration error (ECE, 15 equal-width bins) before and
-after, and compares out-of-distribution scores on validation flowers against photos of things
-that are not flowers, shipped inside PyPI packages (NON_FLOWER_PHOTOS). The stored rule keeps
-KEEP_FLOWERS of the validation flowers. With T and the rule it writes
-{"temperature", "ood_rule", "ood_threshold", ...} under "calibration" in the model's metadata.json
-(`--dry-run` only prints).
+log-likelihood) and measures the expected calibration error (ECE, 15 equal-width bins) before and
+after. Then it compares four out-of-distribution scores, all read from the served model's forward
+pass (probabilities and pooled features, the engine the core runs, LiteRT by default):
+max-softmax after T, energy T * logsumexp(z / T) of the logits z = features @ kernel + bias,
+Mahalanobis distance to the nearest class mean under a shared Ledoit-Wolf covariance, and cosine
+similarity to the k-th nearest training photo (kNN on L2-normalised features). Statistics are
+fitted on the training split only; each threshold keeps KEEP_FLOWERS of the validation flowers;
+k is chosen on validation flowers against the "choice" part of ood_photos/. The held-out part of
+ood_photos/ is used for the final figures only.
 
-The stored rule is max-softmax after temperature because it needs nothing but the probabilities
-that every runtime (the Keras model and its TFLite export) returns: the model ends in a softmax,
-log p = z - logsumexp(z), and the unknown constant cancels in softmax(log p / T) = softmax(z / T).
-The energy score T * logsumexp(z / T) needs that constant, so it is measured here from the real
-logits (pooled features times the classifier's kernel, plus its bias) for comparison only.
+The served rule is kNN (DEFAULT_RULE, `--rule` picks another): on this model it separates flowers
+from the other photos far better than the rest (see README). It writes {"temperature", "ood_rule",
+"ood_threshold", "ood_k", "ood_file", "report"} under "calibration" in metadata.json and the rule's
+statistics to ood.npz beside the model (`--dry-run` only prints).
 
 This module owns the fitting and its measures; what prediction applies at run time
-(`Calibration`, `read_calibration`) is the serving core's (core.py). scipy, scikit-learn and
-scikit-image are imported only when run.
+(`Calibration`, `known_score`, `read_calibration`) is the serving core's (core.py). scipy,
+scikit-learn and Keras (to read the classifier's kernel and bias from model.keras, for energy)
+are imported only when run.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
 import time
-import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flower_demo import core, models
+from flower_demo import core
 from flower_demo.core import (
     CALIBRATION_KEY,
+    FEATURES,
+    OOD_FILE,
+    PROBABILITIES,
     Calibration,
     apply_temperature,
+    l2_normalise,
     log_probabilities,
     read_calibration,
 )
 from flower_demo.errors import FlowerDemoError
 
 ECE_BINS = 15
-KEEP_FLOWERS = 0.95  # share of validation flowers the rejection threshold keeps
+KEEP_FLOWERS = 0.95  # share of validation flowers every rejection threshold keeps
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-SPLIT_SEED = 0  # the two halves of the held-out check
-
-# Photos (not drawings or synthetic images) of things that are not flowers, from packages on PyPI.
-# scikit-image's data module: name -> how it is loaded. Left out: colorwheel, logo, horse (a
-# silhouette), chessboard, checkerboard, binary_blobs, shepp_logan_phantom (not photos), lfw_subset
-# (25 px faces), and the images scikit-image downloads on first use (no network here).
-SKIMAGE_PHOTOS = (
-    "astronaut",
-    "camera",
-    "cat",
-    "coffee",
-    "rocket",
-    "hubble_deep_field",
-    "brick",
-    "grass",
-    "gravel",
-    "moon",
-    "coins",
-    "page",
-    "text",
-    "clock",
-    "retina",
-    "immunohistochemistry",
-    "cell",
-    "microaneurysms",
-    "stereo_motorcycle",  # the left view of the stereo pair
-)
-# scikit-learn's sample images: china.jpg (a pagoda). Its flower.jpg is an orange dahlia, one of
-# the 102 species, so it is no non-flower: it is reported on its own (KNOWN_FLOWER_PHOTOS).
-SKLEARN_PHOTOS = ("china.jpg",)
+SPLIT_SEED = 0  # the two halves of the validation check
+DEFAULT_RULE = "knn"
+K_CANDIDATES = (1, 2, 5, 10, 20, 50)
+OOD_PHOTOS = core.REPO_ROOT / "ood_photos"  # photos.csv: file, group, package, ..., split
+STATS_DTYPE = np.float16  # ood.npz stores its arrays at half precision: half the size
+TIMING_REPEATS = 300
+# scikit-learn's flower.jpg is an orange dahlia, one of the 102 species: reported on its own.
 KNOWN_FLOWER_PHOTOS = {"sklearn:flower.jpg": "orange dahlia"}
-MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)  # matplotlib's sample data: a portrait
 
 
 # --- measures --------------------------------------------------------------------------------
@@ -148,27 +132,20 @@ def keep_threshold(scores: np.ndarray, keep: float = KEEP_FLOWERS) -> float:
     return float(ordered[int(math.floor((1.0 - keep) * len(ordered)))])
 
 
-# --- data ------------------------------------------------------------------------------------
+# --- data and forward passes ------------------------------------------------------------------
 
 
-def non_flower_photos() -> dict[str, np.ndarray]:
-    """NON-flower photos from scikit-image, scikit-learn and matplotlib, as arrays, by source:name."""
-    import matplotlib
-    import skimage.data
-    from sklearn.datasets import load_sample_image
-
-    photos: dict[str, np.ndarray] = {}
-    for name in SKIMAGE_PHOTOS:
-        image = getattr(skimage.data, name)()
-        photos[f"skimage:{name}"] = image[0] if name == "stereo_motorcycle" else image
-    for name in SKLEARN_PHOTOS:
-        photos[f"sklearn:{name}"] = load_sample_image(name)
-    from PIL import Image
-
-    for name in MATPLOTLIB_PHOTOS:
-        with Image.open(Path(matplotlib.get_data_path()) / "sample_data" / name) as image:
-            photos[f"matplotlib:{name}"] = np.asarray(image.convert("RGB"))
-    return photos
+def non_flower_photos(folder: Path = OOD_PHOTOS) -> dict[str, list[Path]]:
+    """The photos of ood_photos/ by part: {"choice": [...], "held_out": [...]} (photos.csv's split)."""
+    listing = folder / "photos.csv"
+    if not listing.is_file():
+        raise FlowerDemoError(f"non-flower photos not found: {listing}")
+    with open(listing, newline="") as f:
+        rows = list(csv.DictReader(f))
+    parts: dict[str, list[Path]] = {"choice": [], "held_out": []}
+    for row in rows:
+        parts[row["split"]].append(folder / row["file"])
+    return parts
 
 
 def known_flower_photos() -> dict[str, np.ndarray]:
@@ -177,143 +154,249 @@ def known_flower_photos() -> dict[str, np.ndarray]:
     return {key: load_sample_image(key.split(":", 1)[1]) for key in KNOWN_FLOWER_PHOTOS}
 
 
-_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def logits_and_probabilities(
-    model: Any, items: list[Any], batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) for images (paths or arrays): logits from the pooled features and the
-    classifier's own kernel and bias, probabilities as the model returns them (one pass)."""
-    import keras
-
+def forward(engine: Any, items: list[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The engine's raw probabilities and pooled features for images (paths or arrays): what the
+    served model computes, before any calibration."""
     from flower_demo.data import iter_decoded
 
-    classifier = model.get_layer("classifier")
-    size = int(model.input_shape[1])
-    if model not in _LOGITS:
-        import tensorflow as tf
-
-        both = keras.Model(model.input, [classifier.input, model.output])
-        _LOGITS[model] = (
-            tf.function(
-                lambda x: both(x, training=False),
-                input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
-                autograph=False,
-            )
-            if keras.config.backend() == "tensorflow"
-            else both.predict_on_batch
-        )
-    kernel = np.asarray(classifier.kernel, dtype=np.float64)
-    bias = np.asarray(classifier.bias, dtype=np.float64)
-    logits, probs = [], []
-    for batch in iter_decoded(items, size, batch_size):
-        features, p = _LOGITS[model](batch.astype(np.float32))
-        logits.append(np.asarray(features, dtype=np.float64) @ kernel + bias)
-        probs.append(np.asarray(p))
-    return np.concatenate(logits), np.concatenate(probs)
+    probabilities, features = [], []
+    for batch in iter_decoded(items, engine.image_size, batch_size):
+        outputs = engine(batch.astype(np.float32))
+        if FEATURES not in outputs:
+            raise FlowerDemoError(f"{engine.path} returns no pooled features; re-export it")
+        probabilities.append(outputs[PROBABILITIES])
+        features.append(outputs[FEATURES])
+    return {
+        PROBABILITIES: np.concatenate(probabilities).astype(np.float64),
+        FEATURES: np.concatenate(features).astype(np.float32),
+    }
 
 
-# --- fitting and reporting -------------------------------------------------------------------
+def classifier_head(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The dense classifier's kernel (d, classes) and bias, read from model.keras (energy needs them)."""
+    from flower_demo import models
+
+    model, _ = models.load_model(model_path)
+    layer = model.get_layer("classifier")
+    return np.asarray(layer.kernel, np.float32), np.asarray(layer.bias, np.float32)
 
 
-def held_out_check(probabilities: np.ndarray, labels: np.ndarray, seed: int = SPLIT_SEED) -> dict[str, float]:
+# --- fitting the rules -------------------------------------------------------------------------
+
+
+def fit_statistics(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, kernel: np.ndarray, bias: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each rule's arrays (core.OOD_RULES), fitted on training features, rounded to STATS_DTYPE as
+    stored. Mahalanobis: class means and a shared Ledoit-Wolf covariance of the class-centred
+    features, whose precision P is stored as a whitening W = V sqrt(S) (P = V S V^T, so
+    |W^T x|^2 = x^T P x), the means already whitened."""
+    from sklearn.covariance import LedoitWolf
+
+    features = np.asarray(features, np.float64)
+    present = np.unique(labels)
+    if len(present) != num_classes:
+        raise FlowerDemoError(f"the training split covers {len(present)} of the {num_classes} classes")
+    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
+    precision = LedoitWolf().fit(features - means[labels]).precision_
+    eigenvalues, vectors = np.linalg.eigh(precision)
+    whitening = vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+    stats = {
+        "energy": {"kernel": kernel, "bias": bias},
+        "mahalanobis": {"means": means @ whitening, "whitening": whitening},
+        "knn": {"bank": l2_normalise(features)},
+    }
+    return {
+        rule: {name: np.asarray(a, STATS_DTYPE).astype(np.float32) for name, a in arrays.items()}
+        for rule, arrays in stats.items()
+    }
+
+
+def candidates(temperature: float, stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Calibration]:
+    """The rules compared, thresholds still unset: name -> Calibration."""
+    rules = {
+        "max_softmax": Calibration(temperature, "max_softmax", 0.0),
+        "energy, T=1": Calibration(1.0, "energy", 0.0, statistics=stats["energy"]),
+        "energy, fitted T": Calibration(temperature, "energy", 0.0, statistics=stats["energy"]),
+        "mahalanobis": Calibration(temperature, "mahalanobis", 0.0, statistics=stats["mahalanobis"]),
+    }
+    for k in K_CANDIDATES:
+        if k <= len(stats["knn"]["bank"]):
+            rules[f"knn, k={k}"] = Calibration(temperature, "knn", 0.0, k, statistics=stats["knn"])
+    return rules
+
+
+def scores(rule: Calibration, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The rule's score of each photo (temperature as the served model applies it)."""
+    calibrated = apply_temperature(outputs[PROBABILITIES], rule.temperature)
+    return np.asarray(rule.score(calibrated, outputs[FEATURES]), np.float64)
+
+
+def compare(
+    rules: dict[str, Calibration], validation: dict[str, np.ndarray], others: dict[str, dict[str, np.ndarray]]
+) -> tuple[dict[str, Calibration], dict[str, dict[str, float]]]:
+    """Each rule with its threshold set to keep KEEP_FLOWERS of the validation flowers, and its AUROC
+    and share of non-flowers turned away, for each part of the non-flower photos."""
+    fitted, table = {}, {}
+    for name, rule in rules.items():
+        flowers = scores(rule, validation)
+        fitted[name] = replace(rule, ood_threshold=keep_threshold(flowers))
+        row = {"kept_flowers": float((flowers >= fitted[name].ood_threshold).mean())}
+        for part, outputs in others.items():
+            other = scores(rule, outputs)
+            row[f"auroc_{part}"] = auroc(flowers, other)
+            row[f"rejected_{part}"] = float((other < fitted[name].ood_threshold).mean())
+        table[name] = row
+    return fitted, table
+
+
+def choose(table: dict[str, dict[str, float]], rule: str) -> str:
+    """The compared variant of `rule` with the best AUROC on the choice photos (the smallest k on a tie)."""
+    names = [name for name in table if name.split(",")[0] == rule]
+    if rule == "energy":
+        names = ["energy, fitted T"]  # the temperature the served probabilities use
+    return max(names, key=lambda name: (table[name]["auroc_choice"], -names.index(name)))
+
+
+def microseconds_per_photo(rule: Calibration, outputs: dict[str, np.ndarray]) -> float:
+    """Median time of the rule for one photo, given its forward-pass outputs (one row at a time, as
+    predict() runs), in microseconds."""
+    calibrated = apply_temperature(outputs[PROBABILITIES], rule.temperature)
+    features = outputs[FEATURES]
+    times = []
+    for i in range(TIMING_REPEATS):
+        row = i % len(features)
+        started = time.perf_counter()
+        rule.is_known(calibrated[row], features[row])
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e6)
+
+
+def held_out_check(
+    probabilities: np.ndarray, labels: np.ndarray, rule_scores: np.ndarray, seed: int = SPLIT_SEED
+) -> dict[str, float]:
     """Fit T and the threshold on one half of the validation split, measure on the other, both ways."""
     order = np.random.default_rng(seed).permutation(len(labels))
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
     ece, kept = [], []
     for fit, test in (halves, halves[::-1]):
         temperature = fit_temperature(probabilities[fit], labels[fit])
-        threshold = keep_threshold(apply_temperature(probabilities[fit], temperature).max(axis=1))
         calibrated = apply_temperature(probabilities[test], temperature)
         ece.append(expected_calibration_error(calibrated, labels[test]))
-        kept.append(float((calibrated.max(axis=1) >= threshold).mean()))
+        kept.append(float((rule_scores[test] >= keep_threshold(rule_scores[fit])).mean()))
     return {"ece_after": float(np.mean(ece)), "kept_flowers": float(np.mean(kept))}
 
 
 def calibrate(
-    model: Any,
+    engine: Any,
     metadata: dict[str, Any],
+    model_path: str | Path,
     data_dir: str,
+    rule_name: str = DEFAULT_RULE,
+    photos: Path = OOD_PHOTOS,
     log: Any = print,
-) -> dict[str, Any]:
-    """Everything the command prints and stores, measured on the validation split of `data_dir`."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Everything the command prints and stores, and the chosen rule's statistics."""
     from flower_demo import data
 
+    core.check_rule(rule_name)
+    num_classes = len(metadata["class_names"])
+    train = data.load_oxford_folder(data_dir, "train")
     split = data.load_oxford_folder(data_dir, "validation")
-    if len(split.class_names) != len(metadata["class_names"]):
-        raise FlowerDemoError(
-            f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
-        )
+    if len(split.class_names) != num_classes:
+        raise FlowerDemoError(f"the data has {len(split.class_names)} classes, the model {num_classes}")
     labels = np.asarray(split.labels)
     started = time.perf_counter()
-    log(f"validation: {len(split)} of {split.expected} images from {split.source}")
-    logits, probs = logits_and_probabilities(model, list(split.items))
-    others = non_flower_photos()
-    other_logits, other_probs = logits_and_probabilities(model, list(others.values()))
+    log(f"train: {len(train)} of {train.expected} images; validation: {len(split)} of {split.expected}")
+    fitted_on = forward(engine, list(train.items))
+    validation = forward(engine, list(split.items))
+    parts = non_flower_photos(photos)
+    others = {part: forward(engine, paths) for part, paths in parts.items()}
     known = known_flower_photos()
-    _, known_probs = logits_and_probabilities(model, list(known.values()))
-    log(f"forward passes: {time.perf_counter() - started:.0f} s")
+    known_outputs = forward(engine, list(known.values()))
+    log(f"forward passes ({engine.name}): {time.perf_counter() - started:.0f} s")
 
+    probs = validation[PROBABILITIES]
     temperature = fit_temperature(probs, labels)
     calibrated = apply_temperature(probs, temperature)
-    other_calibrated = apply_temperature(other_probs, temperature)
-    scores = {
-        "max_softmax, T=1": (probs.max(axis=1), other_probs.max(axis=1)),
-        "max_softmax, fitted T": (calibrated.max(axis=1), other_calibrated.max(axis=1)),
-        "energy, T=1": (energy_score(logits), energy_score(other_logits)),
-        "energy, fitted T": (
-            energy_score(logits, temperature),
-            energy_score(other_logits, temperature),
-        ),
-    }
-    rule = Calibration(temperature, "max_softmax", keep_threshold(calibrated.max(axis=1)))
-    flowers_known = rule.is_known(calibrated)
-    others_known = rule.is_known(other_calibrated)
+    stats = fit_statistics(
+        fitted_on[FEATURES], np.asarray(train.labels), num_classes, *classifier_head(model_path)
+    )
+    rules, table = compare(candidates(temperature, stats), validation, others)
+    chosen = choose(table, rule_name)
+    rule = rules[chosen]
+    flower_scores = scores(rule, validation)
+    flowers_known = flower_scores >= rule.ood_threshold
+    held_out = others["held_out"]
+    held_known = rule.is_known(apply_temperature(held_out[PROBABILITIES], temperature), held_out[FEATURES])
+    known_calibrated = apply_temperature(known_outputs[PROBABILITIES], temperature)
+    known_verdict = rule.is_known(known_calibrated, known_outputs[FEATURES])
     top1 = calibrated.argmax(axis=1) == labels
-    held_out = held_out_check(probs, labels)
-    known_calibrated = apply_temperature(known_probs, temperature)
-    return {
+    forward_us = microseconds_forward(engine)
+    result = {
         "temperature": temperature,
         "ood_rule": rule.ood_rule,
         "ood_threshold": rule.ood_threshold,
+        "ood_k": rule.k,
+        "ood_file": OOD_FILE if rule.statistics else None,
         "report": {
-            "fitted_on": split.source,
+            "statistics_fitted_on": train.source,
+            "threshold_fitted_on": split.source,
             "validation_images": int(len(labels)),
             "validation_top1": float(top1.mean()),
             "nll_before": nll(log_probabilities(probs), labels, 1.0),
             "nll_after": nll(log_probabilities(probs), labels, temperature),
-            "ece_before": expected_calibration_error(probs.astype(np.float64), labels),
+            "ece_before": expected_calibration_error(probs, labels),
             "ece_after": expected_calibration_error(calibrated.astype(np.float64), labels),
-            "held_out_half": held_out,
-            "auroc": {name: auroc(f, o) for name, (f, o) in scores.items()},
+            "held_out_half": held_out_check(probs, labels, flower_scores),
+            "rule": chosen,
+            "rules": table,
             "kept_flowers": float(flowers_known.mean()),
             "top1_of_kept": float(top1[flowers_known].mean()),
             "top1_of_rejected": float(top1[~flowers_known].mean()) if (~flowers_known).any() else None,
-            "non_flowers": int(len(others)),
-            "non_flowers_rejected": int((~others_known).sum()),
+            "non_flowers": int(len(held_known)),  # the held-out part of ood_photos/
+            "non_flowers_rejected": int((~held_known).sum()),
+            "auroc": table[chosen]["auroc_held_out"],
+            "choice_photos": len(parts["choice"]),
+            "rule_microseconds": microseconds_per_photo(rule, validation),
+            "forward_microseconds": forward_us,
+            "engine": engine.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
         "details": {  # printed, not stored
-            "non_flower_scores": {
-                name: {
-                    "score": float(other_calibrated[i].max()),
-                    "top1": metadata["class_names"][int(other_calibrated[i].argmax())],
-                    "rejected": bool(not others_known[i]),
-                }
-                for i, name in enumerate(others)
-            },
+            "accepted_non_flowers": [
+                str(path.relative_to(photos.parent) if path.is_relative_to(photos.parent) else path)
+                for part in parts
+                for path, ok in zip(
+                    parts[part],
+                    rule.is_known(
+                        apply_temperature(others[part][PROBABILITIES], temperature), others[part][FEATURES]
+                    ),
+                )
+                if ok
+            ],
             "known_flower_photos": {
                 name: {
                     "species": KNOWN_FLOWER_PHOTOS[name],
                     "top1": metadata["class_names"][int(known_calibrated[i].argmax())],
-                    "score": float(known_calibrated[i].max()),
-                    "rejected": bool(not rule.is_known(known_calibrated[i])),
+                    "accepted": bool(known_verdict[i]),
                 }
                 for i, name in enumerate(known)
             },
         },
     }
+    return result, stats.get(rule.ood_rule, {}) if rule.statistics else {}
+
+
+def microseconds_forward(engine: Any, repeats: int = 10) -> float:
+    """Median time of the engine's forward pass for one photo (for scale beside the rule's cost)."""
+    pixels = np.zeros((1, engine.image_size, engine.image_size, 3), np.float32)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine(pixels)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e6)
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -324,58 +407,90 @@ def format_report(result: dict[str, Any]) -> str:
         f"NLL  before {r['nll_before']:.4f}   after {r['nll_after']:.4f}",
         f"ECE ({ECE_BINS} bins)  before {r['ece_before']:.4f}   after {r['ece_after']:.4f}   "
         f"(T fitted on the other half: {r['held_out_half']['ece_after']:.4f})",
-        f"AUROC, validation flowers vs {r['non_flowers']} non-flower photos:",
-        *[f"  {name:<26} {value:.4f}" for name, value in r["auroc"].items()],
-        f"rule: {result['ood_rule']} after T >= {result['ood_threshold']:.4f} "
-        f"(keeps {r['kept_flowers']:.1%} of validation flowers; "
-        f"{r['held_out_half']['kept_flowers']:.1%} when fitted on the other half)",
+        f"rules: thresholds keep {KEEP_FLOWERS:.0%} of validation flowers; non-flower photos: "
+        f"{r['choice_photos']} for choices, {r['non_flowers']} held out",
+        f"  {'rule':<18} {'AUROC choice':>12} {'rejected':>9} {'AUROC held-out':>15} {'rejected':>9}",
+        *[
+            f"  {name:<18} {row['auroc_choice']:>12.4f} {row['rejected_choice']:>9.1%} "
+            f"{row['auroc_held_out']:>15.4f} {row['rejected_held_out']:>9.1%}"
+            for name, row in r["rules"].items()
+        ],
+        f"rule: {r['rule']} >= {result['ood_threshold']:.4f} (keeps {r['kept_flowers']:.1%} of validation "
+        f"flowers; {r['held_out_half']['kept_flowers']:.1%} when fitted on the other half)",
+        f"  held-out non-flower photos rejected: {r['non_flowers_rejected']} of {r['non_flowers']}, "
+        f"AUROC {r['auroc']:.4f}",
         f"  top-1 of kept flowers {r['top1_of_kept']:.1%}, of rejected flowers "
         + (f"{r['top1_of_rejected']:.1%}" if r["top1_of_rejected"] is not None else "-"),
-        f"  non-flower photos rejected: {r['non_flowers_rejected']} of {r['non_flowers']}",
+        f"  cost: {r['rule_microseconds']:.0f} us per photo on top of a "
+        f"{r['forward_microseconds'] / 1000:.1f} ms forward pass ({r['engine']})",
     ]
     details = result.get("details", {})
-    for name, s in sorted(details.get("non_flower_scores", {}).items(), key=lambda t: t[1]["score"]):
-        verdict = "rejected" if s["rejected"] else "ACCEPTED"
-        lines.append(f"    {s['score']:.3f}  {verdict:<8}  {name}  (top-1 {s['top1']})")
+    for name in details.get("accepted_non_flowers", []):
+        lines.append(f"    accepted non-flower: {name}")
     for name, s in details.get("known_flower_photos", {}).items():
-        verdict = "rejected" if s["rejected"] else "accepted"
-        lines.append(
-            f"  {name} ({s['species']}, one of the classes): "
-            f"top-1 {s['top1']}, score {s['score']:.3f}, {verdict}"
-        )
+        verdict = "accepted" if s["accepted"] else "rejected"
+        lines.append(f"  {name} ({s['species']}, one of the classes): top-1 {s['top1']}, {verdict}")
     return "\n".join(lines)
 
 
-def write_calibration(model_path: str | Path, result: dict[str, Any]) -> Path:
+def write_calibration(
+    model_path: str | Path, result: dict[str, Any], statistics: dict[str, np.ndarray] | None = None
+) -> Path:
     """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
-    leaving the rest as it is."""
+    and the rule's statistics in OOD_FILE beside it (a stale one is removed), leaving the rest as
+    it is; then load it back as prediction will, so nothing prediction would reject is left."""
     path = core.metadata_path(model_path)
     metadata = core.read_metadata(model_path)
-    metadata[CALIBRATION_KEY] = {key: value for key, value in result.items() if key != "details"}
-    read_calibration(metadata)  # refuse to write something prediction would reject
+    stored = {key: value for key, value in result.items() if key != "details" and value is not None}
+    stats_path = core.model_dir(model_path) / OOD_FILE
+    if statistics:
+        np.savez(stats_path, **{name: np.asarray(a, STATS_DTYPE) for name, a in statistics.items()})
+        stored.setdefault("report", {})["ood_file_bytes"] = stats_path.stat().st_size
+    elif stats_path.exists():
+        stats_path.unlink()
+    metadata[CALIBRATION_KEY] = stored
+    read_calibration(metadata, core.model_dir(model_path))  # refuse to write what prediction rejects
     path.write_text(json.dumps(metadata, indent=2) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flower_demo.calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder (default: weights/)")
     p.add_argument(
-        "--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder or .keras file (default: weights/)"
+        "--data-dir", required=True, help="Flowers-102 folder; its train and validation splits are used"
     )
-    p.add_argument("--data-dir", required=True, help="Flowers-102 folder; its validation split is used")
-    p.add_argument("--dry-run", action="store_true", help="print the figures, leave metadata.json alone")
+    p.add_argument("--rule", default=DEFAULT_RULE, help=f"rule to store, one of {', '.join(core.OOD_RULES)}")
+    p.add_argument(
+        "--engine", default=None, help="engine that computes the outputs: litert (default) or keras"
+    )
+    p.add_argument(
+        "--photos", type=Path, default=OOD_PHOTOS, help="folder of non-flower photos with photos.csv"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the figures, leave the model folder alone")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")
     args = p.parse_args(argv)
     try:
-        model, metadata = models.load_model(args.model)
-        result = calibrate(model, metadata, args.data_dir, log=lambda m: print(m, file=sys.stderr))
-        written = None if args.dry_run else write_calibration(args.model, result)
+        core.check_rule(args.rule)
+        metadata = core.read_metadata(args.model)
+        engine = core.open_engine(args.model, args.engine)  # raw outputs: no stored rule applied
+        core.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
+        result, statistics = calibrate(
+            engine,
+            metadata,
+            args.model,
+            args.data_dir,
+            args.rule,
+            args.photos,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+        written = None if args.dry_run else write_calibration(args.model, result, statistics)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     print(
-        f"calibration written to {written}" if written else "dry run: metadata.json unchanged",
+        f"calibration written to {written}" if written else "dry run: the model folder is unchanged",
         file=sys.stderr,
     )
     return 0

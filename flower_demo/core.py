@@ -11,6 +11,8 @@ beside the network in one or both of two forms:
 - `model.keras`: the trained Keras model; run when asked (ENGINE_ENV=keras, a `.keras` path) or
   where TensorFlow sees a GPU. Its engine lives in models.py and is imported only then.
 Both take RGB pixels 0..255 at the model's input size: the backbone's preprocessing is inside.
+Once calibrated, `ood.npz` beside them holds the statistics of the "not one of the classes" rule
+(for kNN, the normalised training features), applied to the pooled features of the same pass.
 
 This module owns: paths and file names, reading and checking metadata and label maps, the engines,
 the calibration and "not one of the classes" rule applied at run time, `Prediction`,
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +136,14 @@ def load_label_map(path: str | os.PathLike, num_classes: int) -> list[str]:
 # --- calibration applied at run time (fitted by calibrate.py) --------------------------------
 
 CALIBRATION_KEY = "calibration"
-OOD_RULES = ("max_softmax",)  # rules prediction can apply
+OOD_FILE = "ood.npz"  # the rule's statistics, beside the model, for the rules that need them
+# Rules prediction can apply, each with the arrays it reads from OOD_FILE (see known_score).
+OOD_RULES: dict[str, tuple[str, ...]] = {
+    "max_softmax": (),
+    "energy": ("kernel", "bias"),
+    "mahalanobis": ("means", "whitening"),
+    "knn": ("bank",),
+}
 LOG_FLOOR = 1e-30  # probabilities are floored here before the log (float32 softmax can underflow to 0)
 
 
@@ -157,46 +166,137 @@ def check_rule(rule: str) -> str:
     return rule
 
 
-def known_score(calibrated: np.ndarray, rule: str) -> np.ndarray:
-    """Higher = more like the training classes; `rule` is one of OOD_RULES."""
-    check_rule(rule)  # max_softmax, the only rule so far
-    return np.asarray(calibrated).max(axis=-1)
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+
+
+def known_score(
+    calibrated: np.ndarray,
+    rule: str,
+    features: np.ndarray | None = None,
+    statistics: dict[str, np.ndarray] | None = None,
+    temperature: float = 1.0,
+    k: int = 1,
+) -> np.ndarray:
+    """Higher = more like the training classes, per row of (n, classes) temperature-scaled
+    probabilities and the (n, d) pooled features of the same forward pass; `rule` is one of OOD_RULES:
+    - max_softmax: the top calibrated probability;
+    - energy: T * logsumexp(z / T) of the logits z = features @ kernel + bias;
+    - mahalanobis: minus the smallest squared Mahalanobis distance to a class mean, the shared
+      precision stored as a whitening matrix W (W W^T = precision) and the means already whitened;
+    - knn: cosine similarity to the k-th nearest training photo (L2-normalised feature bank).
+    """
+    check_rule(rule)
+    if rule == "max_softmax":
+        return np.asarray(calibrated).max(axis=-1)
+    if features is None:
+        raise FlowerDemoError(f"the {rule} rule needs the model's pooled features; this engine returns none")
+    stats = statistics or {}
+    features = np.asarray(features, dtype=np.float32)
+    if rule == "energy":
+        z = (features @ stats["kernel"] + stats["bias"]) / temperature
+        top = z.max(axis=-1, keepdims=True)
+        return temperature * (top + np.log(np.exp(z - top).sum(axis=-1, keepdims=True)))[..., 0]
+    if rule == "mahalanobis":
+        whitened = features @ stats["whitening"]
+        means = stats["means"]
+        squared = (whitened**2).sum(axis=-1)[..., None] - 2 * whitened @ means.T + (means**2).sum(axis=-1)
+        return -squared.min(axis=-1)
+    similarity = l2_normalise(features) @ stats["bank"].T
+    return -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted temperature and the rule that says whether a photo is one of the known classes."""
+    """A fitted temperature and the rule that says whether a photo is one of the known classes,
+    with the rule's statistics (read from OOD_FILE; empty for max_softmax)."""
 
     temperature: float
     ood_rule: str
     ood_threshold: float
+    k: int = 1  # neighbours, for the knn rule
+    statistics: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def feature_dim(self) -> int | None:
+        """The pooled-feature size the statistics were fitted on; None for max_softmax."""
+        first = {"energy": "kernel", "mahalanobis": "whitening", "knn": "bank"}.get(self.ood_rule)
+        if first is None:
+            return None
+        array = self.statistics[first]
+        return int(array.shape[1] if first == "bank" else array.shape[0])
 
     def probabilities(self, probabilities: np.ndarray) -> np.ndarray:
         """Temperature-scaled probabilities, rows of a (n, classes) or one (classes,) array."""
         return apply_temperature(probabilities, self.temperature)
 
-    def is_known(self, calibrated: np.ndarray) -> np.ndarray:
-        """True where temperature-scaled probabilities pass the rule (bool per row)."""
-        return known_score(calibrated, self.ood_rule) >= self.ood_threshold
+    def score(self, calibrated: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        return known_score(calibrated, self.ood_rule, features, self.statistics, self.temperature, self.k)
+
+    def is_known(self, calibrated: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """True where a photo passes the rule (bool per row), from its temperature-scaled
+        probabilities and, for the feature rules, its pooled features."""
+        return self.score(calibrated, features) >= self.ood_threshold
 
 
-def read_calibration(metadata: dict[str, Any]) -> Calibration | None:
-    """The calibration stored in a model's metadata, checked; None when there is none."""
+def read_ood_statistics(path: Path, rule: str, k: int, num_classes: int) -> dict[str, np.ndarray]:
+    """The arrays `rule` needs from `path`, as float32, checked against each other and the class count."""
+    if not path.is_file():
+        raise FlowerDemoError(f"the {rule} rule's statistics file is missing: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            missing = [name for name in OOD_RULES[rule] if name not in stored.files]
+            if missing:
+                raise FlowerDemoError(f"{path} lacks the {rule} rule's array {missing[0]!r}")
+            stats = {name: np.asarray(stored[name], dtype=np.float32) for name in OOD_RULES[rule]}
+    except FlowerDemoError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise FlowerDemoError(f"cannot read {path}: {first_line(exc)}") from None
+    shapes = {name: array.shape for name, array in stats.items()}
+    if rule == "energy":
+        kernel = shapes["kernel"]
+        ok = len(kernel) == 2 and kernel[1] == num_classes and shapes["bias"] == (num_classes,)
+    elif rule == "mahalanobis":
+        w, m = shapes["whitening"], shapes["means"]
+        ok = len(w) == 2 and len(m) == 2 and m == (num_classes, w[1])
+    else:
+        ok = len(shapes["bank"]) == 2 and 1 <= k <= shapes["bank"][0]
+    if not ok or not all(np.isfinite(a).all() for a in stats.values()):
+        raise FlowerDemoError(
+            f"{path} does not fit the {rule} rule of a {num_classes}-class model (k={k}): shapes {shapes}"
+        )
+    return stats
+
+
+def read_calibration(metadata: dict[str, Any], folder: str | os.PathLike | None = None) -> Calibration | None:
+    """The calibration stored in a model's metadata (and, for a feature rule, its statistics file in
+    the model folder `folder`), checked; None when there is none."""
     stored = metadata.get(CALIBRATION_KEY)
     if stored is None:
         return None
     try:
         calibration = Calibration(
-            float(stored["temperature"]), str(stored["ood_rule"]), float(stored["ood_threshold"])
+            float(stored["temperature"]),
+            str(stored["ood_rule"]),
+            float(stored["ood_threshold"]),
+            int(stored.get("ood_k", 1)),
         )
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise FlowerDemoError(f"model metadata has a malformed {CALIBRATION_KEY!r} entry ({exc!r})") from None
     if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
         raise FlowerDemoError(f"calibration temperature must be positive, got {calibration.temperature}")
     check_rule(calibration.ood_rule)
     if not math.isfinite(calibration.ood_threshold):
         raise FlowerDemoError("calibration ood_threshold must be a finite number")
-    return calibration
+    if not OOD_RULES[calibration.ood_rule]:
+        return calibration
+    if folder is None:
+        raise FlowerDemoError(f"the {calibration.ood_rule} rule needs its model folder to read {OOD_FILE}")
+    path = model_dir(folder) / str(stored.get("ood_file", OOD_FILE))
+    stats = read_ood_statistics(path, calibration.ood_rule, calibration.k, len(metadata["class_names"]))
+    return replace(calibration, statistics=stats)
 
 
 # --- engines ---------------------------------------------------------------------------------
@@ -427,7 +527,7 @@ class Classifier:
         check_against_metadata(
             self.engine.path, self.engine.num_classes, self.engine.image_size, self.metadata
         )
-        self.calibration = read_calibration(self.metadata)
+        self.calibration = read_calibration(self.metadata, model_dir(model_path))
         self.image_size = int(self.metadata["image_size"])
         self.num_classes = len(self.metadata["class_names"])
         self.class_names = (
@@ -435,7 +535,24 @@ class Classifier:
             if category_names is not None
             else list(self.metadata["class_names"])
         )
-        self.engine(np.zeros((1, self.image_size, self.image_size, 3), np.float32))  # warm up now
+        warm = self.engine(np.zeros((1, self.image_size, self.image_size, 3), np.float32))  # warm up now
+        self.check_calibration(warm.get(FEATURES))
+
+    def check_calibration(self, features: np.ndarray | None) -> None:
+        """A feature rule's statistics must fit the pooled features this engine returns."""
+        want = None if self.calibration is None else self.calibration.feature_dim
+        if want is None:
+            return
+        if features is None:
+            raise FlowerDemoError(
+                f"the {self.calibration.ood_rule} rule needs pooled features, which {self.engine.path} "
+                "does not return; re-export it (python -m flower_demo.export)"
+            )
+        if features.shape[-1] != want:
+            raise FlowerDemoError(
+                f"{OOD_FILE} was fitted on {want}-d features but {self.engine.path} returns "
+                f"{features.shape[-1]}-d ones; re-run python -m flower_demo.calibrate"
+            )
 
     @property
     def explains(self) -> bool:
@@ -462,15 +579,22 @@ class Classifier:
             raise FlowerDemoError(f"top_k must be an integer from 1 to {self.num_classes}, got {top_k!r}")
         return int(top_k)
 
-    def top_k(self, probabilities: np.ndarray, k: int, class_maps: np.ndarray | None = None) -> Prediction:
-        """The best `k` classes of one image's probabilities, the calibration's verdict and, given the
-        image's class maps, the heatmap of the best class."""
+    def top_k(
+        self,
+        probabilities: np.ndarray,
+        k: int,
+        class_maps: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> Prediction:
+        """The best `k` classes of one image's probabilities, the calibration's verdict (a feature
+        rule needs the image's pooled features) and, given the image's class maps, the heatmap of
+        the best class."""
         best = np.argsort(-probabilities)[:k]
         return Prediction(
             class_ids=[int(i) + 1 for i in best],
             class_names=[self.class_names[i] for i in best],
             probabilities=[float(probabilities[i]) for i in best],
-            is_known=self.calibration is None or bool(self.calibration.is_known(probabilities)),
+            is_known=self.calibration is None or bool(self.calibration.is_known(probabilities, features)),
             heatmap=None if class_maps is None else class_heatmap(class_maps[..., best[0]], self.image_size),
         )
 
@@ -483,8 +607,9 @@ class Classifier:
                 f"this model ({self.metadata['backbone']}) returns no class activation maps; "
                 "use flower_demo.explain.gradcam"
             )
+        features = outputs.get(FEATURES)
         return [
-            self.top_k(row, k, None if maps is None else maps[i])
+            self.top_k(row, k, None if maps is None else maps[i], None if features is None else features[i])
             for i, row in enumerate(outputs[PROBABILITIES])
         ]
 

@@ -211,12 +211,17 @@ def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLi
     from flower_demo import data
 
     split = data.load_oxford_folder(data_dir, "validation")
-    lite_p, full_p = [], []
+    lite_p, full_p, lite_f, full_f = [], [], [], []
     for batch in data.iter_decoded(split.items, lite.image_size, 32):
         pixels = batch.astype(np.float32)
-        lite_p.append(lite(pixels)[core.PROBABILITIES])
-        full_p.append(keras_engine(pixels)[core.PROBABILITIES])
+        lite_out, full_out = lite(pixels), keras_engine(pixels)
+        lite_p.append(lite_out[core.PROBABILITIES])
+        full_p.append(full_out[core.PROBABILITIES])
+        lite_f.append(lite_out.get(core.FEATURES))
+        full_f.append(full_out.get(core.FEATURES))
     lite_probs, full_probs = np.concatenate(lite_p), np.concatenate(full_p)
+    lite_feats = None if lite_f[0] is None else np.concatenate(lite_f)
+    full_feats = None if full_f[0] is None else np.concatenate(full_f)
     labels = np.asarray(split.labels)
     result = {
         "n": int(len(labels)),
@@ -225,10 +230,11 @@ def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLi
         "top1_agreement": float((lite_probs.argmax(1) == full_probs.argmax(1)).mean()),
         "max_abs_probability_difference": float(np.abs(lite_probs - full_probs).max()),
     }
-    rule = core.read_calibration(keras_engine.metadata)
+    rule = core.read_calibration(keras_engine.metadata, keras_engine.path)
     if rule is not None:
-        result["tflite_kept_flowers"] = float(rule.is_known(rule.probabilities(lite_probs)).mean())
-        result["keras_kept_flowers"] = float(rule.is_known(rule.probabilities(full_probs)).mean())
+        lite_known = rule.is_known(rule.probabilities(lite_probs), lite_feats)
+        result["tflite_kept_flowers"] = float(lite_known.mean())
+        result["keras_kept_flowers"] = float(rule.is_known(rule.probabilities(full_probs), full_feats).mean())
     return result
 
 
