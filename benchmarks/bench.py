@@ -63,17 +63,17 @@ TRAIN_VIEWS = 2  # cached views per training image (view 0 plain, the rest augme
 TRAIN_EPOCHS = 3  # the first epoch traces the step functions; the later ones are timed
 TOP_K = 5  # classes predict() returns, as in the app
 QUIET_LOAD = 0.5  # 1-minute load average above which the figures are flagged as noisy
-MB = 1024 * 1024  # memory is reported in MiB, as ps and /proc do
+MIB = 1024 * 1024  # memory is reported in MiB (2**20 bytes), as ps and /proc do
 
 # Targets: name -> (dotted key in the results, comparison, threshold, unit).
 TARGETS: dict[str, tuple[str, str, Any, str]] = {
     "predict() / bare forward": ("predict.vs_bare", "<=", 1.5, "x"),
     "CLI wall time": ("cli.plain.wall_s", "<", 1.5, "s"),
-    "CLI peak RSS": ("cli.plain.peak_rss_mb", "<", 300, "MB"),
+    "CLI peak RSS": ("cli.plain.peak_rss_mib", "<", 300, "MiB"),
     "CLI --explain wall time": ("cli.explain.wall_s", "<", 2.0, "s"),
     "CLI imports TensorFlow": ("cli.tensorflow_imported", "==", False, ""),
     "app first /predict answer": ("app.first_answer_s", "<", 6.0, "s"),
-    "app RSS after requests": ("app.rss_mb", "<", 500, "MB"),
+    "app RSS after requests": ("app.rss_mib", "<", 500, "MiB"),
     "eval throughput": ("eval.images_per_s", ">=", 150, "images/s"),
     "LiteRT/Keras top-1 agreement": ("agreement.top1_agreement", ">=", 0.999, ""),
     "CAM vs Grad-CAM, min Pearson r": ("cam.min_pearson", ">=", 0.99, ""),
@@ -239,7 +239,7 @@ def run_child(command: list[str], out_dir: Path) -> dict[str, Any]:
     return {
         "code": measured["code"],
         "wall_s": measured["wall_s"],
-        "peak_rss_mb": measured["maxrss_kib"] * 1024 / MB,  # ru_maxrss is in KiB on Linux
+        "peak_rss_mib": measured["maxrss_kib"] / 1024,  # ru_maxrss is in KiB on Linux
         "last_stdout": stdout[-1] if stdout else "",
         "last_stderr": stderr[-1] if stderr else "",
     }
@@ -272,7 +272,7 @@ def bench_cli(folder: Path, photo: Path, runs: int) -> dict[str, Any]:
                 "wall_s": round(float(np.median(walls)), 3),
                 "wall_min_s": round(min(walls), 3),
                 "wall_max_s": round(max(walls), 3),
-                "peak_rss_mb": round(max(d["peak_rss_mb"] for d in done), 1),
+                "peak_rss_mib": round(max(d["peak_rss_mib"] for d in done), 1),
             }
         imported: set[str] = set()
         for command in commands.values():
@@ -401,10 +401,10 @@ def bench_app(folder: Path, photo: Path, requests: int) -> dict[str, Any]:
     return {
         "first_answer_s": round(first_answer, 2),
         "listening_s": round(listening_s or first_answer, 2),
-        "first_answer_rss_mb": round(first_rss / MB, 1),
+        "first_answer_rss_mib": round(first_rss / MIB, 1),
         "requests": requests,
         "request_p50_ms": ms(times)["p50_ms"],
-        "rss_mb": round(rss / MB, 1),
+        "rss_mib": round(rss / MIB, 1),
         "tensorflow_loaded": tensorflow,
         "serving": serving[0] if serving else "",
         "first_answer": str(answer)[:120],
@@ -610,8 +610,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str | None]]:
             rows.append(
                 (
                     f"{'  ' if name == 'explain' else ''}  peak RSS",
-                    f"{f['peak_rss_mb']:.0f} MB",
-                    f"cli.{name}.peak_rss_mb",
+                    f"{f['peak_rss_mib']:.0f} MiB",
+                    f"cli.{name}.peak_rss_mib",
                 )
             )
         rows.append(
@@ -625,9 +625,13 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str | None]]:
                 f"{a['first_answer_s']:.2f} s (port open {a['listening_s']:.2f} s)",
                 "app.first_answer_s",
             ),
-            ("  RSS at the first answer", f"{a['first_answer_rss_mb']:.0f} MB", None),
+            ("  RSS at the first answer", f"{a['first_answer_rss_mib']:.0f} MiB", None),
             (f"  /predict round trip (p50 of {a['requests']})", f"{a['request_p50_ms']:.1f} ms", None),
-            (f"  RSS after {a['requests']} requests (process tree)", f"{a['rss_mb']:.0f} MB", "app.rss_mb"),
+            (
+                f"  RSS after {a['requests']} requests (process tree)",
+                f"{a['rss_mib']:.0f} MiB",
+                "app.rss_mib",
+            ),
             ("  TensorFlow loaded in the app", "yes" if a["tensorflow_loaded"] else "no", None),
         ]
     v = r["eval"]

@@ -71,7 +71,7 @@ def test_bench_json(litert_dir: Path, oxford_dir: Path) -> None:
     cli = r["cli"]
     assert cli["tensorflow_imported"] is False and cli["imported"] == []
     # The command's own memory, not the bench's (which holds TensorFlow, several hundred MB).
-    assert 10 < cli["plain"]["peak_rss_mb"] < 300 and 10 < cli["explain"]["peak_rss_mb"] < 300
+    assert 10 < cli["plain"]["peak_rss_mib"] < 300 and 10 < cli["explain"]["peak_rss_mib"] < 300
     assert 0 < cli["plain"]["wall_min_s"] <= cli["plain"]["wall_s"] <= cli["plain"]["wall_max_s"]
 
     assert r["eval"]["images"] == 8 and r["eval"]["images_per_s"] > 0
