@@ -18,7 +18,9 @@ core.LiteRTEngine on an already preprocessed (1, S, S, 3) float32 array. Against
 - training seconds per epoch of both stages on a small subset, along train.py's own functions;
 - the machine and its load average before and after.
 Photos are the test fixtures (tests/fixtures/flowers), repeated as needed. Latencies that are
-compared take turns call by call (export.time_interleaved), so background load hits them alike.
+compared take turns call by call (export.time_interleaved, the timing helper of export's --measure
+too), so background load hits them alike. Importing export imports Keras and TensorFlow; nothing
+runs on them before the Keras figures.
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, data, evaluate, explain
+from flower_demo import core, data, evaluate, explain, export
 from flower_demo.errors import FlowerDemoError, first_line
-from flower_demo.export import time_interleaved
 from flower_demo.images import list_images
 
 # --- settings --------------------------------------------------------------------------------
@@ -50,8 +51,6 @@ FIXTURE_IMAGES = core.REPO_ROOT / "tests" / "fixtures" / "flowers"
 APP_SCRIPT = core.REPO_ROOT / "app.py"
 DEFAULT_DATA_DIR = core.REPO_ROOT.parent / "shared" / "data" / "oxford_flowers102"
 
-REPEATS = 50  # timed calls per latency figure
-WARMUP = 5  # untimed calls of each function first (allocator, caches)
 CLI_RUNS = 5  # timed runs of each command line (after one untimed run for the file cache)
 EVAL_IMAGES = 256  # images per throughput round (fixtures repeated)
 EVAL_ROUNDS = 3  # timed rounds per throughput figure; the median is reported
@@ -177,7 +176,7 @@ def bench_latency(classifier: core.Classifier, photos: list[Path], repeats: int)
         "predict": lambda: core.predict(next(plain), classifier, k),
         "explain": lambda: core.predict(next(explained), classifier, k, explain=classifier.explains),
     }
-    times = time_interleaved(runs, repeats, WARMUP)
+    times = export.time_interleaved(runs, repeats)
     bare = ms(times["bare"])
     result: dict[str, Any] = {"bare_forward": {"engine": classifier.engine.device, **bare}}
     for name in ("predict", "explain"):
@@ -201,7 +200,7 @@ def bench_eval(classifier: core.Classifier, photos: list[Path], n_images: int) -
         "engine": lambda: [classifier.probabilities(b.astype("float32")) for b in batches],
     }
     log(f"throughput: evaluation path, decoding alone, engine alone; {n_images} images, {EVAL_ROUNDS} rounds")
-    times = time_interleaved(runs, EVAL_ROUNDS, warmup=1)
+    times = export.time_interleaved(runs, EVAL_ROUNDS, warmup=1)
     rate = {name: round(n_images / float(np.median(t)), 1) for name, t in times.items()}
     return {
         "images": n_images,
@@ -387,7 +386,7 @@ def bench_app(folder: Path, photo: Path, requests: int) -> dict[str, Any]:
             first_answer = time.perf_counter() - start
             first_rss, _ = app_tree(proc.pid)
             call = lambda: client.predict(handle_file(str(photo)), api_name="/predict")  # noqa: E731
-            times = time_interleaved({"app": call}, requests, warmup=0)["app"]
+            times = export.time_interleaved({"app": call}, requests, warmup=0)["app"]
             rss, tensorflow = app_tree(proc.pid)
         except Exception as exc:
             app_log.seek(0)
@@ -419,14 +418,14 @@ def bench_keras(
 ) -> dict[str, Any]:
     """The Keras engine beside LiteRT: bare forward, top-1 agreement on the validation split, and
     the class activation map of the forward pass against the gradient Grad-CAM."""
-    from flower_demo import export  # TensorFlow and Keras from here on
-
     log("keras: loading model.keras (TensorFlow)")
     keras_classifier = core.Classifier(folder, engine="keras")
     keras_engine = keras_classifier.engine
     x = core.process_image(photos[0], lite.image_size)[None]
     log(f"keras: bare forward beside LiteRT's, {repeats} calls each")
-    times = time_interleaved({"litert": lambda: lite.engine(x), "keras": lambda: keras_engine(x)}, repeats)
+    times = export.time_interleaved(
+        {"litert": lambda: lite.engine(x), "keras": lambda: keras_engine(x)}, repeats
+    )
     litert, keras_ms = ms(times["litert"]), ms(times["keras"])
     results: dict[str, Any] = {
         "keras_forward": {
@@ -442,7 +441,7 @@ def bench_keras(
     else:
         log(f"keras: top-1 agreement with LiteRT on the validation photos of {data_dir}")
         agreement = export.validation_agreement(lite.engine, keras_engine, data_dir)
-        results["agreement"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in agreement.items()}
+        results["agreement"] = agreement
 
     if not lite.explains:
         results["cam"] = {"skipped": "the model returns no class activation maps"}
@@ -728,7 +727,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"Flowers-102 folder for the LiteRT/Keras agreement (default: {DEFAULT_DATA_DIR} if present)",
     )
     p.add_argument("--images", default=str(FIXTURE_IMAGES), help="folder of JPEG photos to use")
-    p.add_argument("--repeats", type=int, default=REPEATS, help="timed calls per latency figure")
+    p.add_argument("--repeats", type=int, default=export.REPEATS, help="timed calls per latency figure")
     p.add_argument("--cli-runs", type=int, default=CLI_RUNS, help="timed runs of each command line")
     p.add_argument("--eval-images", type=int, default=EVAL_IMAGES, help="images per throughput round")
     p.add_argument("--app-requests", type=int, default=APP_REQUESTS, help="/predict requests to the app")
@@ -787,7 +786,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "settings": {
             "repeats": args.repeats,
-            "warmup": WARMUP,
+            "warmup": export.WARMUP,
             "photos": len(photos),
             "cli_runs": args.cli_runs,
             "eval_images": args.eval_images,
@@ -795,7 +794,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "train_images": args.train_images,
         },
     }
-    # TensorFlow-free parts first, so that the bench process holds no TensorFlow threads while they run.
+    # The parts that need no Keras first: no TensorFlow work runs beside them.
     results |= bench_latency(classifier, photos, args.repeats)
     results["eval"] = bench_eval(classifier, photos, args.eval_images)
     results["cli"] = (
