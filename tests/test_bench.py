@@ -1,73 +1,124 @@
-"""Smoke test of `python -m flower_demo.bench`: it runs end to end with tiny repeat counts on the
-tiny 32 px model (conftest.py) and reports every figure. No timing is asserted: the figures
-depend on the machine.
+"""The benchmark, run as users run it (`python -m benchmarks.bench`), on the tiny 32 px model of
+conftest.py exported to TFLite here, with tiny counts. Timings are not asserted (they depend on the
+machine); what the figures say about the code is: the predict command line answers without
+TensorFlow in a small process, LiteRT and Keras agree, and the forward pass's class activation
+map is the gradient Grad-CAM.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers import TINY_SIZE
+from helpers import REPO_ROOT, TINY_CLASSES, TINY_SIZE, fixture_photos, label_id
+from scipy.io import savemat
 
-from flower_demo import bench, models
+from benchmarks import bench
+from flower_demo import export, models
 
-SECTIONS = {
-    "machine",
-    "model",
-    "settings",
-    "bare_forward",
-    "predict",
-    "naive",
-    "eval_throughput",
-    "training",
-    "app",
-    "load_average",
-    "targets",
-}
+TIMEOUT_S = 900  # a whole (tiny) run on a busy 2-core machine
 
 
-def test_bench_json(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--model", str(tiny_model_dir), "--json", "--skip-app", "--repeats", "2"]
-    assert bench.main([*argv, "--eval-images", "8", "--train-images", "8"]) == 0
-    results = json.loads(capsys.readouterr().out)
-
-    assert SECTIONS <= set(results)
-    assert {"cpu_count", "cpu_model", "gpu", "python", "tensorflow", "keras"} <= set(results["machine"])
-    assert results["model"]["image_size"] == TINY_SIZE and results["model"]["file_mb"] > 0
-    assert {"definition", "p50_ms", "p95_ms", "eager_p50_ms"} <= set(results["bare_forward"])
-    assert {"p50_ms", "p95_ms", "vs_bare"} <= set(results["predict"])
-    assert {"p50_ms", "model_predict_only_p50_ms", "vs_predict"} <= set(results["naive"])
-    assert {"images_per_s", "bare_images_per_s", "vs_bare"} <= set(results["eval_throughput"])
-    assert {"stage1_s_per_epoch", "stage2_s_per_epoch", "stage1_ms_per_image"} <= set(results["training"])
-    assert results["training"]["cut"] == models.BACKBONES["mobilenet_v2"].fine_tune_from
-    assert results["app"] == {"skipped": "--skip-app"}
-    assert {"before", "after", "busy"} <= set(results["load_average"])
-    assert [t["name"] for t in results["targets"]] == list(bench.TARGETS)
-    app_checks = [t for t in results["targets"] if t["key"].startswith("app.")]
-    assert all(t["pass"] is None for t in app_checks)  # not measured, so neither pass nor miss
-
-
-def test_table_and_missing_app(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(bench, "APP_SCRIPT", tiny_model_dir / "no_app.py")
-    assert (
-        bench.main(["--model", str(tiny_model_dir), "--skip-train", "--repeats", "1", "--eval-images", "2"])
-        == 0
+def run_bench(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
-    table = capsys.readouterr().out
-    assert "bare forward" in table and "predict() / bare forward" in table
-    assert "skipped: no_app.py not found" in table
 
 
-def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--model", str(tmp_path), "--skip-app", "--skip-train"]) == 2
-    assert "model file not found" in capsys.readouterr().err
+@pytest.fixture(scope="module")
+def litert_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model folder with its model.tflite beside model.keras."""
+    folder = tmp_path_factory.mktemp("bench") / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    export.export_tflite(folder)
+    return folder
 
 
-def test_bad_train_cut(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--model", str(tiny_model_dir), "--skip-app", "--train-cut", "no_such_layer"]
-    assert bench.main(argv) == 2  # refused before any figure is measured
-    assert "has no layer 'no_such_layer'" in capsys.readouterr().err
+@pytest.fixture
+def oxford_dir(tmp_path: Path) -> Path:
+    """A Flowers-102 folder whose validation split is the fixture photos (labels from their names)."""
+    photos = fixture_photos()
+    (tmp_path / "jpg").mkdir()
+    for i, photo in enumerate(photos, 1):
+        shutil.copy(photo, tmp_path / "jpg" / f"image_{i:05d}.jpg")
+    ids = np.arange(1, len(photos) + 1, dtype=np.uint16)
+    savemat(tmp_path / "imagelabels.mat", {"labels": np.array([[label_id(p) for p in photos]], np.uint8)})
+    savemat(tmp_path / "setid.mat", {"trnid": ids[None, :1], "valid": ids[None], "tstid": ids[None, :1]})
+    return tmp_path
+
+
+def test_bench_json(litert_dir: Path, oxford_dir: Path) -> None:
+    counts = ["--repeats", 3, "--cli-runs", 1, "--eval-images", 8, "--train-images", 8]
+    result = run_bench("--model", litert_dir, "--data-dir", oxford_dir, "--json", "--skip-app", *counts)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+
+    assert r["model"]["image_size"] == TINY_SIZE and r["model"]["classes"] == len(TINY_CLASSES)
+    for section in ("bare_forward", "predict", "explain", "keras_forward"):
+        assert 0 < r[section]["p50_ms"] <= r[section]["p95_ms"], section
+    assert r["predict"]["vs_bare"] > 0 and r["explain"]["vs_bare"] > 0
+    assert "LiteRT" in r["bare_forward"]["engine"] and "Keras" in r["keras_forward"]["engine"]
+
+    cli = r["cli"]
+    assert cli["tensorflow_imported"] is False and cli["imported"] == []
+    # The command's own memory, not the bench's (which holds TensorFlow, several hundred MB).
+    assert 10 < cli["plain"]["peak_rss_mib"] < 300 and 10 < cli["explain"]["peak_rss_mib"] < 300
+    assert 0 < cli["plain"]["wall_min_s"] <= cli["plain"]["wall_s"] <= cli["plain"]["wall_max_s"]
+
+    assert r["eval"]["images"] == 8 and r["eval"]["images_per_s"] > 0
+    assert r["agreement"]["n"] == len(fixture_photos())
+    assert r["agreement"]["top1_agreement"] == 1.0  # the same float32 network on both engines
+    assert r["agreement"]["max_abs_probability_difference"] < 1e-3
+    assert r["cam"]["photos"] == len(fixture_photos()) and r["cam"]["min_pearson"] >= 0.99
+
+    training = r["training"]
+    assert training["cut"] == models.BACKBONES["mobilenet_v2"].fine_tune_from
+    assert training["stage1_s_per_epoch"] > 0 and training["stage2_s_per_epoch"] > 0
+
+    assert r["app"] == {"skipped": "--skip-app"}
+    assert {"before", "after", "busy"} <= set(r["load_average"])
+    checks = {t["name"]: t for t in r["targets"]}
+    assert list(checks) == list(bench.TARGETS)
+    assert checks["CLI imports TensorFlow"]["pass"] is True
+    assert checks["LiteRT/Keras top-1 agreement"]["pass"] is True
+    assert checks["app first /predict answer"]["pass"] is None  # not measured: neither pass nor miss
+
+
+def test_bench_table_without_keras(litert_dir: Path) -> None:
+    result = run_bench(
+        "--model", litert_dir, "--skip-keras", "--skip-train", "--skip-app", "--skip-cli", "--repeats", 2,
+        "--eval-images", 4,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    assert "predict() / bare forward" in table and "<= 1.5 x" in table
+    assert "LiteRT/Keras agreement" in table and "skipped: --skip-keras" in table
+    assert "predict command line" in table and "skipped: --skip-cli" in table
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "message"),
+    [
+        ("missing", [], "error: model folder not found"),
+        ("keras only", [], "error: no model.tflite in"),
+        ("tflite", ["--data-dir", "."], "is not a Flowers-102 folder"),
+        ("tflite", ["--repeats", "0"], "must be at least 1"),
+    ],
+)
+def test_bench_refuses_bad_input(
+    model: str, extra: list[str], message: str, tmp_path: Path, tiny_model_dir: Path, litert_dir: Path
+) -> None:
+    folder = {"missing": tmp_path / "nothing", "keras only": tiny_model_dir, "tflite": litert_dir}[model]
+    result = run_bench("--model", folder, "--skip-app", *extra)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert result.stdout == ""
