@@ -189,11 +189,16 @@ def about(metadata: dict[str, Any], class_names: list[str]) -> str:
         accuracy = "No validation accuracy was recorded for this model."
     report = metadata.get("calibration", {}).get("report", {})
     if "kept_flowers" in report and "non_flowers" in report:
+        how = "a check"
+        if str(report.get("rule", "")).startswith("knn"):
+            how = "the photo's features are compared with its nearest training flowers, a check"
+        auroc = f" (AUROC {report['auroc']:.3f})" if isinstance(report.get("auroc"), float) else ""
         limits = (
-            "it only knows these species. When a photo looks like none of them the verdict says so, "
-            f"but that check is rough: it let through {report['kept_flowers']:.0%} of the validation "
-            f"flowers and turned away {report['non_flowers_rejected']} of {report['non_flowers']} test "
-            "photos of other things. A flower it has never seen can still get the name of a look-alike."
+            f"it only knows these species. When a photo looks like none of them, the verdict says so: "
+            f"{how} that kept {report['kept_flowers']:.0%} of the validation flowers and turned away "
+            f"{report['non_flowers_rejected']} of {report['non_flowers']} held-out photos of animals, "
+            f"people, streets, buildings and objects{auroc}. A flower it has never seen can still get "
+            "the name of a look-alike."
         )
     else:
         limits = (

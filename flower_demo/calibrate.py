@@ -1,6 +1,6 @@
 """Honest probabilities and "not one of the 102": temperature scaling and the rejection rule.
 
-    python -m flower_demo.calibrate --model weights --data-dir ../shared/data/oxford_flowers102
+    python -m flower_demo.calibrate --model weights --data-dir DATA_DIR
 
 Fits a temperature T on the validation split (softmax(log p / T) minimises the negative
 log-likelihood) and measures the expected calibration error (ECE, 15 equal-width bins) before and

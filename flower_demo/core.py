@@ -52,7 +52,8 @@ METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1
 ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
 ENGINES = ("auto", "litert", "keras")
-NUM_THREADS = os.cpu_count() or 1  # LiteRT interpreter threads
+THREADS_ENV = "FLOWER_DEMO_THREADS"  # LiteRT interpreter threads; default: every core
+NUM_THREADS = int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1)
 BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
 # The names of the exported model's outputs (export.py writes them, both engines return them).

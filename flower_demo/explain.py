@@ -45,6 +45,7 @@ COLORMAP = (
 )
 
 _GRADCAM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_KERAS_MODELS: dict = {}  # model folder -> its Keras model, for gradcam on a LiteRT classifier
 
 
 def _gradcam_graph(model, backbone_name: str) -> Callable:
@@ -138,8 +139,11 @@ def gradcam(
     classifier = core.get_classifier(classifier)
     _check_class_index(classifier, class_index)
     model = getattr(classifier.engine, "model", None)
-    if model is None:
-        model, _ = models.load_model(core.model_dir(classifier.engine.path))
+    if model is None:  # a LiteRT classifier: its folder's model.keras, loaded once
+        folder = core.model_dir(classifier.engine.path)
+        if folder not in _KERAS_MODELS:
+            _KERAS_MODELS[folder] = models.load_model(folder)[0]
+        model = _KERAS_MODELS[folder]
     size = classifier.image_size
     pixels = square_uint8(image, size)[None].astype(np.float32)
     run = _gradcam_graph(model, str(classifier.metadata["backbone"]))

@@ -18,7 +18,8 @@ the backbone has a feature map) and pooled features.
 `--measure` prints the file's size, its batch-1 CPU latency (p50) beside the Keras model's, and
 with `--data-dir` the validation top-1 of both and how often they agree.
 
-This module owns the conversion, those measurements and the timing helper the benchmarks share.
+This module owns the conversion, those measurements and the timing helper the benchmarks share;
+Keras and TensorFlow are imported only by the functions that need them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, models
+from flower_demo import core
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, list_images, square_uint8
 
@@ -91,7 +92,9 @@ def _representative_dataset(items: list[ImageLike], size: int):
 
 def convert(model: Any, size: int, quantize: str, representative: list[ImageLike] | None = None) -> bytes:
     """The TFLite flatbuffer of `models.serving_model(model)` (batch 1, float32 pixels 0..255 in)."""
-    import tensorflow as tf
+    from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
+
+    import tensorflow as tf  # isort: skip
 
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
@@ -136,7 +139,9 @@ def export_tflite(
 ) -> Path:
     """Write the model folder's own `model.tflite` (float32, `out_dir` None), or
     OUT/model_<quantize>.tflite with OUT/metadata.json (the model's, naming the file)."""
-    import tensorflow as tf
+    from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
+
+    import tensorflow as tf  # isort: skip
 
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
@@ -241,6 +246,8 @@ def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLi
 def measure(
     tflite_path: Path, model_path: str | os.PathLike | None, data_dir: str | None, repeats: int = REPEATS
 ) -> dict[str, Any]:
+    from flower_demo import models
+
     keras_engine = models.KerasEngine(core.model_dir(model_path))
     lite = core.LiteRTEngine(tflite_path)
     photo = next(iter(list_images(FIXTURE_PHOTOS)), None) if FIXTURE_PHOTOS.is_dir() else None
