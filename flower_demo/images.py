@@ -118,7 +118,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
@@ -140,7 +140,10 @@ def load_rgb(source: ImageLike, min_size: int | None = None) -> Image.Image:
         if min_size and image.format == "JPEG" and image.mode in ("RGB", "L", "CMYK"):
             image.draft(image.mode, (min_size, min_size))
         image.load()  # decodes now: truncated or corrupt data fails here, not later
-        image = ImageOps.exif_transpose(image)
+        if isinstance(source, Image.Image):  # the caller's image: never changed in place
+            image = ImageOps.exif_transpose(image)
+        else:  # opened here: turned upright in place, without a copy
+            ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(image)
     except FlowerDemoError as exc:
         raise FlowerDemoError(f"{name}: {exc}") from None
