@@ -188,17 +188,15 @@ def fit_statistics(
     features: np.ndarray, labels: np.ndarray, num_classes: int, kernel: np.ndarray, bias: np.ndarray
 ) -> dict[str, dict[str, np.ndarray]]:
     """Each rule's arrays (core.OOD_RULES), fitted on training features, rounded to STATS_DTYPE as
-    stored. Mahalanobis: class means and a shared Ledoit-Wolf covariance of the class-centred
-    features, whose precision P is stored as a whitening W = V sqrt(S) (P = V S V^T, so
-    |W^T x|^2 = x^T P x), the means already whitened."""
+    stored. Mahalanobis: the means of the classes the training photos hold and a shared Ledoit-Wolf
+    covariance of the class-centred features, whose precision P is stored as a whitening
+    W = V sqrt(S) (P = V S V^T, so |W^T x|^2 = x^T P x), the means already whitened."""
     from sklearn.covariance import LedoitWolf
 
     features = np.asarray(features, np.float64)
-    present = np.unique(labels)
-    if len(present) != num_classes:
-        raise FlowerDemoError(f"the training split covers {len(present)} of the {num_classes} classes")
-    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
-    precision = LedoitWolf().fit(features - means[labels]).precision_
+    present, index = np.unique(labels, return_inverse=True)
+    means = np.stack([features[labels == c].mean(axis=0) for c in present])
+    precision = LedoitWolf().fit(features - means[index]).precision_
     eigenvalues, vectors = np.linalg.eigh(precision)
     whitening = vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
     stats = {

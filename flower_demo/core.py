@@ -261,7 +261,7 @@ def read_ood_statistics(path: Path, rule: str, k: int, num_classes: int) -> dict
         ok = len(kernel) == 2 and kernel[1] == num_classes and shapes["bias"] == (num_classes,)
     elif rule == "mahalanobis":
         w, m = shapes["whitening"], shapes["means"]
-        ok = len(w) == 2 and len(m) == 2 and m == (num_classes, w[1])
+        ok = len(w) == 2 and len(m) == 2 and 1 <= m[0] <= num_classes and m[1] == w[1]
     else:
         ok = len(shapes["bank"]) == 2 and 1 <= k <= shapes["bank"][0]
     if not ok or not all(np.isfinite(a).all() for a in stats.values()):

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -158,6 +159,8 @@ def export_tflite(
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (core.TFLITE_FILE if out_dir is None else tflite_file_name(quantize))
     target.write_bytes(blob)
+    if out_dir is not None and (source / core.OOD_FILE).is_file():  # the stored rule's statistics
+        shutil.copy2(source / core.OOD_FILE, folder / core.OOD_FILE)
 
     exports: dict[str, Any] = dict(metadata.get(EXPORTS_KEY, {})) if out_dir is None else {}
     previous = folder / core.METADATA_FILE

@@ -547,11 +547,11 @@ def export_for_serving(run_dir: Path) -> Path | None:
 def ship(run_dir: Path) -> None:
     """Copy the run's model into weights/ and write the matching label_map.json."""
     core.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
-    for name in (core.MODEL_FILE, core.TFLITE_FILE, core.METADATA_FILE):
+    for name in (core.MODEL_FILE, core.TFLITE_FILE, core.METADATA_FILE, core.OOD_FILE):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, core.SHIPPED_MODEL_DIR / name)
-    if not (run_dir / core.TFLITE_FILE).is_file():  # never leave a stale tflite beside a new model
-        (core.SHIPPED_MODEL_DIR / core.TFLITE_FILE).unlink(missing_ok=True)
+        else:  # never leave a file of the previous model beside the new one
+            (core.SHIPPED_MODEL_DIR / name).unlink(missing_ok=True)
     names = core.read_metadata(run_dir)["class_names"]
     label_map = core.label_map_from_names(names)
     core.SHIPPED_LABEL_MAP.write_text(json.dumps(label_map, indent=2) + "\n")

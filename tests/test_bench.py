@@ -19,7 +19,7 @@ from helpers import REPO_ROOT, TINY_CLASSES, TINY_SIZE, fixture_photos, label_id
 from scipy.io import savemat
 
 from benchmarks import bench
-from flower_demo import export, models
+from flower_demo import models
 
 TIMEOUT_S = 900  # a whole (tiny) run on a busy 2-core machine
 
@@ -36,10 +36,10 @@ def run_bench(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def litert_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny model folder with its model.tflite beside model.keras."""
+    """A copy of the tiny model folder (its model.tflite beside model.keras)."""
     folder = tmp_path_factory.mktemp("bench") / "tiny"
     shutil.copytree(tiny_model_dir, folder)
-    export.export_tflite(folder)
+    assert (folder / "model.tflite").is_file()
     return folder
 
 
@@ -117,7 +117,11 @@ def test_bench_table_without_keras(litert_dir: Path) -> None:
 def test_bench_refuses_bad_input(
     model: str, extra: list[str], message: str, tmp_path: Path, tiny_model_dir: Path, litert_dir: Path
 ) -> None:
-    folder = {"missing": tmp_path / "nothing", "keras only": tiny_model_dir, "tflite": litert_dir}[model]
+    keras_only = tmp_path / "keras_only"
+    keras_only.mkdir()
+    for name in ("model.keras", "metadata.json"):
+        shutil.copy(tiny_model_dir / name, keras_only / name)
+    folder = {"missing": tmp_path / "nothing", "keras only": keras_only, "tflite": litert_dir}[model]
     result = run_bench("--model", folder, "--skip-app", *extra)
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
