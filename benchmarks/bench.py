@@ -41,15 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, data, evaluate, explain, export
+from flower_demo import core, data, evaluate, explain, export, model_files
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import list_images
 
 # --- settings --------------------------------------------------------------------------------
 
-FIXTURE_IMAGES = core.REPO_ROOT / "tests" / "fixtures" / "flowers"
-APP_SCRIPT = core.REPO_ROOT / "app.py"
-DEFAULT_DATA_DIR = core.REPO_ROOT.parent / "shared" / "data" / "oxford_flowers102"
+FIXTURE_IMAGES = model_files.REPO_ROOT / "tests" / "fixtures" / "flowers"
+APP_SCRIPT = model_files.REPO_ROOT / "app.py"
+DEFAULT_DATA_DIR = model_files.REPO_ROOT.parent / "shared" / "data" / "oxford_flowers102"
 
 CLI_RUNS = 5  # timed runs of each command line (after one untimed run for the file cache)
 EVAL_IMAGES = 256  # images per throughput round (fixtures repeated)
@@ -223,7 +223,7 @@ def run_child(command: list[str], out_dir: Path) -> dict[str, Any]:
     with (out_dir / "stdout").open("w+") as out, (out_dir / "stderr").open("w+") as err:
         launcher = subprocess.run(
             [sys.executable, "-c", LAUNCHER, str(report), *command],
-            cwd=core.REPO_ROOT,
+            cwd=model_files.REPO_ROOT,
             stdout=out,
             stderr=err,
         )
@@ -249,7 +249,11 @@ def bench_cli(folder: Path, photo: Path, runs: int) -> dict[str, Any]:
     RSS; then the same command lines once more through runpy, to see what they imported."""
     with tempfile.TemporaryDirectory(prefix="flower_bench_") as tmp:
         tmp_dir = Path(tmp)
-        args = [os.path.relpath(photo, core.REPO_ROOT), "--model", os.path.relpath(folder, core.REPO_ROOT)]
+        args = [
+            os.path.relpath(photo, model_files.REPO_ROOT),
+            "--model",
+            os.path.relpath(folder, model_files.REPO_ROOT),
+        ]
         commands = {
             "plain": args,
             "explain": [*args, "--explain", str(tmp_dir / "explained.png")],
@@ -362,7 +366,7 @@ def bench_app(folder: Path, photo: Path, requests: int) -> dict[str, Any]:
         start = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, str(APP_SCRIPT)],
-            cwd=core.REPO_ROOT,
+            cwd=model_files.REPO_ROOT,
             env=env,
             stdout=app_log,
             stderr=subprocess.STDOUT,
@@ -719,7 +723,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder (model.tflite, model.keras)"
+        "--model", default=str(model_files.SHIPPED_MODEL_DIR), help="model folder (model.tflite, model.keras)"
     )
     p.add_argument(
         "--data-dir",
@@ -747,13 +751,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_inputs(args: argparse.Namespace) -> tuple[Path, list[Path], Path | None]:
     """The model folder, the photos and the Flowers-102 folder (or None), checked before anything
     is measured."""
-    folder = core.model_dir(args.model).resolve()
+    folder = model_files.model_dir(args.model).resolve()
     if not folder.is_dir():
         raise FlowerDemoError(f"model folder not found: {folder}")
-    core.read_metadata(folder)
-    if not (folder / core.TFLITE_FILE).is_file():
+    model_files.read_metadata(folder)
+    if not (folder / model_files.TFLITE_FILE).is_file():
         raise FlowerDemoError(
-            f"no {core.TFLITE_FILE} in {folder}: write it with python -m flower_demo.export --model {folder}"
+            f"no {model_files.TFLITE_FILE} in {folder}: "
+            f"write it with python -m flower_demo.export --model {folder}"
         )
     if not Path(args.images).is_dir():
         raise FlowerDemoError(f"photo folder not found: {args.images}")
@@ -773,7 +778,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     before = load_average()
     log(f"load average before: {before}")
     classifier = core.Classifier(folder, engine="litert")
-    has_keras = (folder / core.MODEL_FILE).is_file()
+    has_keras = (folder / model_files.MODEL_FILE).is_file()
     results: dict[str, Any] = {
         "machine": machine_info(),
         "model": {
@@ -781,8 +786,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "backbone": classifier.metadata["backbone"],
             "image_size": classifier.image_size,
             "classes": classifier.num_classes,
-            "tflite_mb": round((folder / core.TFLITE_FILE).stat().st_size / 1e6, 2),
-            "keras_mb": round((folder / core.MODEL_FILE).stat().st_size / 1e6, 2) if has_keras else None,
+            "tflite_mb": round((folder / model_files.TFLITE_FILE).stat().st_size / 1e6, 2),
+            "keras_mb": round((folder / model_files.MODEL_FILE).stat().st_size / 1e6, 2)
+            if has_keras
+            else None,
         },
         "settings": {
             "repeats": args.repeats,
@@ -804,7 +811,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {"skipped": "--skip-app"} if args.skip_app else bench_app(folder, photos[0], args.app_requests)
     )
     if args.skip_keras or not has_keras:
-        why = "--skip-keras" if args.skip_keras else f"no {core.MODEL_FILE} in {folder}"
+        why = "--skip-keras" if args.skip_keras else f"no {model_files.MODEL_FILE} in {folder}"
         results |= {name: {"skipped": why} for name in ("keras_forward", "agreement", "cam")}
     else:
         results |= bench_keras(classifier, folder, photos, args.repeats, data_dir)

@@ -7,7 +7,8 @@
 Where things live, from the bottom up (each file imports only files above it in this list):
 - errors.py    the one exception type users see, FlowerDemoError
 - images.py    decoding any user image into the model's input array (one path for everything)
-- core.py      the serving core: model folders, engines (LiteRT by default, no TensorFlow), the
+- model_files.py what a model folder holds: file names, metadata, label maps, output names
+- core.py      the serving core: engines (LiteRT by default, no TensorFlow), the
                calibration rule, Prediction, Classifier, predict, predict_batch
 - report.py    where a model fails: the evaluation report (evaluate --report), predict's --plot
 - explain.py   heatmap overlays (from the forward pass) and the gradient Grad-CAM

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core
+from flower_demo import core, model_files
 from flower_demo.core import (
     CALIBRATION_KEY,
     FEATURES,
@@ -58,7 +58,7 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 SPLIT_SEED = 0  # the two halves of the validation check
 DEFAULT_RULE = "knn"
 K_CANDIDATES = (1, 2, 5, 10, 20, 50)
-OOD_PHOTOS = core.REPO_ROOT / "ood_photos"  # photos.csv: file, group, package, ..., split
+OOD_PHOTOS = model_files.REPO_ROOT / "ood_photos"  # photos.csv: file, group, package, ..., split
 STATS_DTYPE = np.float16  # ood.npz stores its arrays at half precision: half the size
 TIMING_REPEATS = 300
 # scikit-learn's flower.jpg is an orange dahlia, one of the 102 species: reported on its own.
@@ -437,24 +437,26 @@ def write_calibration(
     """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
     and the rule's statistics in OOD_FILE beside it (a stale one is removed), leaving the rest as
     it is; then load it back as prediction will, so nothing prediction would reject is left."""
-    path = core.metadata_path(model_path)
-    metadata = core.read_metadata(model_path)
+    path = model_files.metadata_path(model_path)
+    metadata = model_files.read_metadata(model_path)
     stored = {key: value for key, value in result.items() if key != "details" and value is not None}
-    stats_path = core.model_dir(model_path) / OOD_FILE
+    stats_path = model_files.model_dir(model_path) / OOD_FILE
     if statistics:
         np.savez(stats_path, **{name: np.asarray(a, STATS_DTYPE) for name, a in statistics.items()})
         stored.setdefault("report", {})["ood_file_bytes"] = stats_path.stat().st_size
     elif stats_path.exists():
         stats_path.unlink()
     metadata[CALIBRATION_KEY] = stored
-    read_calibration(metadata, core.model_dir(model_path))  # refuse to write what prediction rejects
+    read_calibration(metadata, model_files.model_dir(model_path))  # refuse to write what prediction rejects
     path.write_text(json.dumps(metadata, indent=2) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flower_demo.calibrate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder (default: weights/)")
+    p.add_argument(
+        "--model", default=str(model_files.SHIPPED_MODEL_DIR), help="model folder (default: weights/)"
+    )
     p.add_argument(
         "--data-dir", required=True, help="Flowers-102 folder; its train and validation splits are used"
     )
@@ -470,9 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         core.check_rule(args.rule)
-        metadata = core.read_metadata(args.model)
+        metadata = model_files.read_metadata(args.model)
         engine = core.open_engine(args.model, args.engine)  # raw outputs: no stored rule applied
-        core.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
+        model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
         result, statistics = calibrate(
             engine,
             metadata,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_demo import core
+from flower_demo import model_files
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import IMAGE_EXTENSIONS, ImageLike, square_uint8
 
@@ -46,7 +46,7 @@ def clean_class_name(name: str) -> str:
 
 def oxford_class_names() -> list[str]:
     """The 102 names, as label_map.json holds them (tensorflow_datasets' names, cleaned)."""
-    return core.load_label_map(core.SHIPPED_LABEL_MAP, 102)
+    return model_files.load_label_map(model_files.SHIPPED_LABEL_MAP, 102)
 
 
 def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages:

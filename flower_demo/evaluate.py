@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, data, report
+from flower_demo import core, data, model_files, report
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
-        default=str(core.SHIPPED_MODEL_DIR),
+        default=str(model_files.SHIPPED_MODEL_DIR),
         help="model folder, model.keras or .tflite file (default: weights/)",
     )
     p.add_argument(

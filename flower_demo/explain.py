@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from flower_demo import core
+from flower_demo import core, model_files
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike, load_rgb, square_uint8
 
@@ -117,12 +117,12 @@ def heatmap(
     classifier = core.get_classifier(classifier)
     _check_class_index(classifier, class_index)
     outputs = classifier.run(square_uint8(image, classifier.image_size)[None])
-    if core.CLASS_MAPS not in outputs:
+    if model_files.CLASS_MAPS not in outputs:
         raise FlowerDemoError(
             f"this model ({classifier.metadata['backbone']}) returns no class activation maps; use gradcam"
         )
-    index = int(np.argmax(outputs[core.PROBABILITIES][0])) if class_index is None else int(class_index)
-    return core.class_heatmap(outputs[core.CLASS_MAPS][0][..., index], classifier.image_size)
+    index = int(np.argmax(outputs[model_files.PROBABILITIES][0])) if class_index is None else int(class_index)
+    return core.class_heatmap(outputs[model_files.CLASS_MAPS][0][..., index], classifier.image_size)
 
 
 def gradcam(
@@ -140,7 +140,7 @@ def gradcam(
     _check_class_index(classifier, class_index)
     model = getattr(classifier.engine, "model", None)
     if model is None:  # a LiteRT classifier: its folder's model.keras, loaded once
-        folder = core.model_dir(classifier.engine.path)
+        folder = model_files.model_dir(classifier.engine.path)
         if folder not in _KERAS_MODELS:
             _KERAS_MODELS[folder] = models.load_model(folder)[0]
         model = _KERAS_MODELS[folder]

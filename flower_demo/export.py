@@ -40,13 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core
+from flower_demo import core, model_files
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, list_images, square_uint8
 
 FORMATS = ("tflite",)
 QUANTIZE = ("none", "float16", "int8")
-FIXTURE_PHOTOS = core.REPO_ROOT / "tests" / "fixtures" / "flowers"
+FIXTURE_PHOTOS = model_files.REPO_ROOT / "tests" / "fixtures" / "flowers"
 REPRESENTATIVE_TRAIN = 96  # training images added to the int8 calibration set with --data-dir
 REPRESENTATIVE_SEED = 0
 WARMUP = 5
@@ -109,7 +109,7 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
             with (
                 contextlib.redirect_stdout(sys.stderr),
                 warnings.catch_warnings(),
-                core.native_stderr_filtered(CONVERTER_NOISE),
+                model_files.native_stderr_filtered(CONVERTER_NOISE),
             ):
                 warnings.simplefilter("ignore")  # Keras prints the signature, the converter warns
                 serving = models.serving_model(model)
@@ -146,7 +146,7 @@ def export_tflite(
 
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
-    source = core.model_dir(model_path)
+    source = model_files.model_dir(model_path)
     if out_dir is not None and Path(out_dir).resolve() == source.resolve():
         out_dir = None
     if out_dir is None and quantize != "none":
@@ -157,13 +157,13 @@ def export_tflite(
     blob = convert(model, size, quantize, representative)
     folder = source if out_dir is None else Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / (core.TFLITE_FILE if out_dir is None else tflite_file_name(quantize))
+    target = folder / (model_files.TFLITE_FILE if out_dir is None else tflite_file_name(quantize))
     target.write_bytes(blob)
-    if out_dir is not None and (source / core.OOD_FILE).is_file():  # the stored rule's statistics
-        shutil.copy2(source / core.OOD_FILE, folder / core.OOD_FILE)
+    if out_dir is not None and (source / model_files.OOD_FILE).is_file():  # the stored rule's statistics
+        shutil.copy2(source / model_files.OOD_FILE, folder / model_files.OOD_FILE)
 
     exports: dict[str, Any] = dict(metadata.get(EXPORTS_KEY, {})) if out_dir is None else {}
-    previous = folder / core.METADATA_FILE
+    previous = folder / model_files.METADATA_FILE
     if out_dir is not None and previous.is_file():  # keep earlier exports of the same trained model
         try:
             old = json.loads(previous.read_text())
@@ -223,10 +223,10 @@ def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLi
     for batch in data.iter_decoded(split.items, lite.image_size, 32):
         pixels = batch.astype(np.float32)
         lite_out, full_out = lite(pixels), keras_engine(pixels)
-        lite_p.append(lite_out[core.PROBABILITIES])
-        full_p.append(full_out[core.PROBABILITIES])
-        lite_f.append(lite_out.get(core.FEATURES))
-        full_f.append(full_out.get(core.FEATURES))
+        lite_p.append(lite_out[model_files.PROBABILITIES])
+        full_p.append(full_out[model_files.PROBABILITIES])
+        lite_f.append(lite_out.get(model_files.FEATURES))
+        full_f.append(full_out.get(model_files.FEATURES))
     lite_probs, full_probs = np.concatenate(lite_p), np.concatenate(full_p)
     lite_feats = None if lite_f[0] is None else np.concatenate(lite_f)
     full_feats = None if full_f[0] is None else np.concatenate(full_f)
@@ -251,7 +251,7 @@ def measure(
 ) -> dict[str, Any]:
     from flower_demo import models
 
-    keras_engine = models.KerasEngine(core.model_dir(model_path))
+    keras_engine = models.KerasEngine(model_files.model_dir(model_path))
     lite = core.LiteRTEngine(tflite_path)
     photo = next(iter(list_images(FIXTURE_PHOTOS)), None) if FIXTURE_PHOTOS.is_dir() else None
     image = (
@@ -304,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quantize", choices=QUANTIZE, default="none", help="weight/activation precision (default: none)"
     )
     p.add_argument(
-        "--model", default=str(core.SHIPPED_MODEL_DIR), help="model folder or .keras file (default: weights/)"
+        "--model",
+        default=str(model_files.SHIPPED_MODEL_DIR),
+        help="model folder or .keras file (default: weights/)",
     )
     p.add_argument(
         "--out",

@@ -1,7 +1,7 @@
 """The Keras model: a small backbone registry, the classifier built on it, saving and loading it,
 and running it as a serving engine.
 
-A saved model is a folder (file names and metadata reading live in core.py):
+A saved model is a folder (file names and metadata reading live in model_files.py):
 - `model.keras`: takes RGB pixels 0..255 at its input size, returns class probabilities. The
   backbone's own preprocessing is a layer inside it, so serving can never disagree with training.
 - `metadata.json`: class names, input size, backbone, data, metrics and training settings, and
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core
+from flower_demo import model_files
 from flower_demo.errors import FlowerDemoError, first_line
 
 # TensorFlow's own (tsl) logging: no INFO lines from C++ unless the user asks; warnings and errors stay.
@@ -47,7 +47,7 @@ STARTUP_NOISE = re.compile(
 
 def quiet_startup() -> contextlib.AbstractContextManager:
     """Drop TensorFlow's start-up notices from stderr; every other line (real warnings, errors) is kept."""
-    return core.native_stderr_filtered(STARTUP_NOISE)
+    return model_files.native_stderr_filtered(STARTUP_NOISE)
 
 
 with quiet_startup():
@@ -257,9 +257,9 @@ def save_model(model: keras.Model, folder: str | os.PathLike, metadata: dict[str
     """Write `model.keras` and `metadata.json` into `folder` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / core.MODEL_FILE)
-    metadata = {"format_version": core.METADATA_VERSION, **metadata}
-    (folder / core.METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    model.save(folder / model_files.MODEL_FILE)
+    metadata = {"format_version": model_files.METADATA_VERSION, **metadata}
+    (folder / model_files.METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return folder
 
 
@@ -267,17 +267,18 @@ def load_model(
     path: str | os.PathLike | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Load a saved model folder (or its .keras file) and check it against its metadata."""
-    folder = core.model_dir(path)
-    model_path = folder / core.MODEL_FILE
+    folder = model_files.model_dir(path)
+    model_path = folder / model_files.MODEL_FILE
     if not model_path.is_file():
         raise FlowerDemoError(f"model file not found: {model_path}")
-    metadata = core.read_metadata(folder)
+    metadata = model_files.read_metadata(folder)
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a broken file
         reason = first_line(exc)
         raise FlowerDemoError(f"cannot load model {model_path}: {reason}") from None
-    core.check_against_metadata(model_path, int(model.output_shape[-1]), model.input_shape[1], metadata)
+    outputs, size = int(model.output_shape[-1]), int(model.input_shape[1])
+    model_files.check_against_metadata(model_path, outputs, size, metadata)
     return model, metadata
 
 
@@ -285,7 +286,7 @@ def load_model(
 
 
 def serving_model(model: keras.Model) -> keras.Model:
-    """`model` with the outputs every engine returns (core.PROBABILITIES, CLASS_MAPS, FEATURES).
+    """`model` with the outputs every engine returns (model_files.PROBABILITIES, CLASS_MAPS, FEATURES).
 
     The class maps are the backbone's last feature map times the classifier's kernel (no bias):
     for a globally average-pooled backbone and a dense head, the gradient of a class logit with
@@ -303,12 +304,12 @@ def serving_model(model: keras.Model) -> keras.Model:
         both = keras.Model(backbone.input, [feature_map, backbone.output], name="backbone_with_map")
         maps, pooled = both(x, training=False)
         maps = keras.ops.cast(maps, "float32")
-        outputs[core.CLASS_MAPS] = keras.ops.matmul(maps, keras.ops.cast(classifier.kernel, "float32"))
+        outputs[model_files.CLASS_MAPS] = keras.ops.matmul(maps, keras.ops.cast(classifier.kernel, "float32"))
     else:
         pooled = backbone(x, training=False)
     pooled = keras.ops.cast(pooled, "float32")
-    outputs[core.FEATURES] = pooled
-    outputs[core.PROBABILITIES] = classifier(dropout(pooled, training=False))
+    outputs[model_files.FEATURES] = pooled
+    outputs[model_files.PROBABILITIES] = classifier(dropout(pooled, training=False))
     return keras.Model(inputs, outputs, name=f"{model.name}_serving")
 
 
@@ -325,7 +326,7 @@ class KerasEngine:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.model, self.metadata = load_model(path)
-        self.path = core.model_dir(path) / core.MODEL_FILE
+        self.path = model_files.model_dir(path) / model_files.MODEL_FILE
         self.serving = serving_model(self.model)
         self.forward = compiled_forward(self.serving)
         self.image_size = int(self.model.input_shape[1])

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_demo import models  # first: it keeps TensorFlow's start-up notices off the terminal
+from flower_demo import model_files, models  # first: it keeps TensorFlow's start-up notices off the terminal
 
 # isort: split
 import keras
 
-from flower_demo import core, data, report
+from flower_demo import data, report
 from flower_demo.errors import FlowerDemoError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ship",
         action="store_true",
-        help=f"also copy the result into {core.SHIPPED_MODEL_DIR} (overwrites it)",
+        help=f"also copy the result into {model_files.SHIPPED_MODEL_DIR} (overwrites it)",
     )
     return p
 
@@ -546,16 +546,21 @@ def export_for_serving(run_dir: Path) -> Path | None:
 
 def ship(run_dir: Path) -> None:
     """Copy the run's model into weights/ and write the matching label_map.json."""
-    core.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
-    for name in (core.MODEL_FILE, core.TFLITE_FILE, core.METADATA_FILE, core.OOD_FILE):
+    model_files.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
+    for name in (
+        model_files.MODEL_FILE,
+        model_files.TFLITE_FILE,
+        model_files.METADATA_FILE,
+        model_files.OOD_FILE,
+    ):
         if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, core.SHIPPED_MODEL_DIR / name)
+            shutil.copy2(run_dir / name, model_files.SHIPPED_MODEL_DIR / name)
         else:  # never leave a file of the previous model beside the new one
-            (core.SHIPPED_MODEL_DIR / name).unlink(missing_ok=True)
-    names = core.read_metadata(run_dir)["class_names"]
-    label_map = core.label_map_from_names(names)
-    core.SHIPPED_LABEL_MAP.write_text(json.dumps(label_map, indent=2) + "\n")
-    print(f"shipped into {core.SHIPPED_MODEL_DIR} and {core.SHIPPED_LABEL_MAP}")
+            (model_files.SHIPPED_MODEL_DIR / name).unlink(missing_ok=True)
+    names = model_files.read_metadata(run_dir)["class_names"]
+    label_map = model_files.label_map_from_names(names)
+    model_files.SHIPPED_LABEL_MAP.write_text(json.dumps(label_map, indent=2) + "\n")
+    print(f"shipped into {model_files.SHIPPED_MODEL_DIR} and {model_files.SHIPPED_LABEL_MAP}")
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -578,7 +583,7 @@ def run(args: argparse.Namespace) -> Path:
         raise FlowerDemoError("--resume needs --run-dir pointing at an existing run folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or Path("runs") / stamp)  # in the working directory, also when installed
-    if run_dir.resolve() == core.SHIPPED_MODEL_DIR.resolve():
+    if run_dir.resolve() == model_files.SHIPPED_MODEL_DIR.resolve():
         raise FlowerDemoError("--run-dir must not be weights/; use --ship to publish a run")
     started = time.time()
     keras.utils.set_random_seed(args.seed)
@@ -685,7 +690,7 @@ def run(args: argparse.Namespace) -> Path:
         run_dir / "report", metrics["probabilities"], val.labels, names, val.items, title, val.source
     )
     print(f"validation report: {page}")
-    print(f"saved {run_dir / core.MODEL_FILE}")
+    print(f"saved {run_dir / model_files.MODEL_FILE}")
     export_for_serving(run_dir)
     if not args.keep_cache:
         shutil.rmtree(cache, ignore_errors=True)

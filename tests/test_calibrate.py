@@ -18,7 +18,7 @@ import pytest
 from helpers import FIXTURE_FLOWERS, REPO_ROOT, TINY_SIZE, fixture_photos, run_module, save_solid
 from scipy.io import savemat
 
-from flower_demo import FlowerDemoError, calibrate, core, models
+from flower_demo import FlowerDemoError, calibrate, core, model_files, models
 from flower_demo.core import Classifier, predict, predict_batch
 
 NON_FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "non_flowers").glob("*.jpg"))
@@ -127,7 +127,7 @@ def test_classifier_applies_temperature_and_rule(tiny_classifier, calibrated_cop
     photo = save_solid(tmp_path / "x.png", (10, 200, 30), noise=10)
     raw = predict(photo, tiny_classifier, top_k=3)
     folder = calibrated_copy(temperature=0.5, threshold=0.0)
-    stored = json.loads((folder / core.METADATA_FILE).read_text())["calibration"]
+    stored = json.loads((folder / model_files.METADATA_FILE).read_text())["calibration"]
     assert "details" not in stored and stored["temperature"] == 0.5
     models.load_model(folder)  # the consistency checks still pass with a calibration stored
     sharp = predict(photo, Classifier(folder), top_k=3)
@@ -152,7 +152,7 @@ def test_cli_shows_rejection(calibrated_copy, tmp_path: Path) -> None:
 def test_bad_stored_calibration_is_a_readable_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
-    path = folder / core.METADATA_FILE
+    path = folder / model_files.METADATA_FILE
     metadata = json.loads(path.read_text())
     path.write_text(json.dumps({**metadata, "calibration": {"temperature": 0}}))
     with pytest.raises(FlowerDemoError, match="calibration"):
@@ -187,7 +187,7 @@ def tiny_statistics(tiny_model_dir: Path, tiny_photos) -> dict:
     train = calibrate.forward(engine, tiny_photos["train"])
     labels = np.repeat(np.arange(3), 6)
     return calibrate.fit_statistics(
-        train[core.FEATURES], labels, 3, *calibrate.classifier_head(tiny_model_dir)
+        train[model_files.FEATURES], labels, 3, *calibrate.classifier_head(tiny_model_dir)
     )
 
 
@@ -221,7 +221,7 @@ def reference_scores(
         kernel, bias = calibrate.classifier_head(model_dir)
         return calibrate.energy_score(features @ kernel + bias, 0.7)
     labels = np.repeat(np.arange(3), 6)
-    bank = train[core.FEATURES].astype(np.float64)
+    bank = train[model_files.FEATURES].astype(np.float64)
     if rule == "mahalanobis":
         means = np.stack([bank[labels == c].mean(axis=0) for c in range(3)])
         precision = LedoitWolf().fit(bank - means[labels]).precision_
@@ -240,7 +240,9 @@ def test_feature_rule_matches_reference_with_both_engines(
     train = calibrate.forward(engine, tiny_photos["train"])
     photos = tiny_photos["flowers"] + tiny_photos["others"]
     outputs = calibrate.forward(engine, photos)
-    expected = reference_scores(rule, outputs[core.FEATURES], outputs[core.PROBABILITIES], folder, train)
+    expected = reference_scores(
+        rule, outputs[model_files.FEATURES], outputs[model_files.PROBABILITIES], folder, train
+    )
     for which in ("litert", "keras"):
         classifier = Classifier(folder, engine=which)
         assert classifier.calibration.ood_rule == rule and classifier.calibration.feature_dim == 1280
@@ -277,7 +279,7 @@ def test_knn_turns_away_photos_far_from_the_training_ones(
 def test_statistics_file_checked_at_load(tiny_model_dir: Path, tiny_statistics, tmp_path: Path) -> None:
     folder = with_rule(tiny_model_dir, tmp_path / "model", "knn", tiny_statistics)
     Classifier(folder)  # fits
-    stats_file = folder / core.OOD_FILE
+    stats_file = folder / model_files.OOD_FILE
     bank = np.load(stats_file)["bank"]
     cases = [
         ({"bank": bank[:, :64]}, "fitted on 64-d features"),  # wrong feature size for this model
@@ -309,9 +311,12 @@ def test_write_calibration_removes_a_stale_statistics_file(
     tiny_model_dir: Path, tiny_statistics, tmp_path: Path
 ) -> None:
     folder = with_rule(tiny_model_dir, tmp_path / "model", "mahalanobis", tiny_statistics)
-    assert (folder / core.OOD_FILE).is_file()
+    assert (folder / model_files.OOD_FILE).is_file()
     calibrate.write_calibration(folder, {"temperature": 1.0, "ood_rule": "max_softmax", "ood_threshold": 0.1})
-    assert not (folder / core.OOD_FILE).exists() and Classifier(folder).calibration.ood_rule == "max_softmax"
+    assert (
+        not (folder / model_files.OOD_FILE).exists()
+        and Classifier(folder).calibration.ood_rule == "max_softmax"
+    )
 
 
 # --- the command, end to end -----------------------------------------------------------------
@@ -359,7 +364,7 @@ def test_calibrate_command_writes_rule_predictions_use(
     assert "ECE (15 bins)" in out and "AUROC held-out" in out and "us per photo" in out
     for name in ("max_softmax", "energy, fitted T", "mahalanobis", "knn, k=1", "knn, k=20"):
         assert f"  {name} " in out
-    stored = json.loads((flowers102_model / core.METADATA_FILE).read_text())["calibration"]
+    stored = json.loads((flowers102_model / model_files.METADATA_FILE).read_text())["calibration"]
     assert stored["ood_rule"] == "knn" and stored["ood_k"] in calibrate.K_CANDIDATES
     report = stored["report"]
     parts = calibrate.non_flower_photos()
@@ -372,9 +377,9 @@ def test_calibrate_command_writes_rule_predictions_use(
         "auroc_held_out",
         "rejected_held_out",
     }
-    bank = np.load(flowers102_model / core.OOD_FILE)["bank"]
+    bank = np.load(flowers102_model / model_files.OOD_FILE)["bank"]
     assert bank.shape == (204, 1280) and bank.dtype == np.float16
-    assert report["ood_file_bytes"] == (flowers102_model / core.OOD_FILE).stat().st_size
+    assert report["ood_file_bytes"] == (flowers102_model / model_files.OOD_FILE).stat().st_size
     classifier = Classifier(flowers102_model)
     assert classifier.calibration.ood_threshold == pytest.approx(stored["ood_threshold"])
     photos = sorted((fake_flowers102 / "jpg").glob("*.jpg"))[204:]
@@ -387,12 +392,12 @@ def test_calibrate_other_rule_dry_run_and_errors(
     flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
 ) -> None:
     pytest.importorskip("sklearn")
-    before = (flowers102_model / core.METADATA_FILE).read_text()
+    before = (flowers102_model / model_files.METADATA_FILE).read_text()
     args = ["--model", str(flowers102_model), "--data-dir", str(fake_flowers102), "--dry-run", "--json"]
     assert calibrate.main([*args, "--rule", "mahalanobis"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["ood_rule"] == "mahalanobis" and result["ood_file"] == core.OOD_FILE
-    assert (flowers102_model / core.METADATA_FILE).read_text() == before
+    assert result["ood_rule"] == "mahalanobis" and result["ood_file"] == model_files.OOD_FILE
+    assert (flowers102_model / model_files.METADATA_FILE).read_text() == before
     result = run_module("flower_demo.calibrate", *args, "--rule", "vibes")
     assert result.returncode == 1 and "unknown out-of-distribution rule" in result.stderr
     assert calibrate.main(["--model", str(flowers102_model), "--data-dir", str(tmp_path)]) == 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import TINY_SIZE, error_lines, fixture_photos, run_module, save_solid
 
-from flower_demo import FlowerDemoError, core, export
+from flower_demo import FlowerDemoError, core, export, model_files
 from flower_demo.core import Classifier, predict_batch
 from flower_demo.images import square_uint8
 
@@ -42,8 +42,8 @@ def colour_photos(tmp_path_factory) -> list[Path]:
 
 
 def test_export_writes_files_and_metadata(tiny_exports: Path, tiny_model_dir: Path) -> None:
-    metadata = json.loads((tiny_exports / core.METADATA_FILE).read_text())
-    source = json.loads((tiny_model_dir / core.METADATA_FILE).read_text())
+    metadata = json.loads((tiny_exports / model_files.METADATA_FILE).read_text())
+    source = json.loads((tiny_model_dir / model_files.METADATA_FILE).read_text())
     assert metadata["class_names"] == source["class_names"]
     files = {export.tflite_file_name(q) for q in TINY_QUANTIZE}
     assert set(metadata[export.EXPORTS_KEY]) == files  # each export added itself
@@ -84,14 +84,14 @@ def test_tflite_from_the_command_line(tiny_exports: Path, colour_photos, tmp_pat
 def test_exported_outputs(tiny_model_dir: Path, tiny_keras_classifier) -> None:
     """model.tflite returns what the Keras serving model returns: probabilities, the class maps of
     the last feature map and the pooled features, by name."""
-    lite = core.LiteRTEngine(tiny_model_dir / core.TFLITE_FILE)
-    assert lite.outputs == {core.PROBABILITIES, core.CLASS_MAPS, core.FEATURES}
+    lite = core.LiteRTEngine(tiny_model_dir / model_files.TFLITE_FILE)
+    assert lite.outputs == {model_files.PROBABILITIES, model_files.CLASS_MAPS, model_files.FEATURES}
     pixels = np.random.default_rng(0).uniform(0, 255, (2, TINY_SIZE, TINY_SIZE, 3)).astype(np.float32)
     got, expected = lite(pixels), tiny_keras_classifier.engine(pixels)
     for name in lite.outputs:
         assert got[name].shape == expected[name].shape, name
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-3, atol=1e-4)
-    assert got[core.CLASS_MAPS].shape[-1] == 3 and got[core.FEATURES].shape == (2, 1280)
+    assert got[model_files.CLASS_MAPS].shape[-1] == 3 and got[model_files.FEATURES].shape == (2, 1280)
 
 
 def test_export_errors(tiny_model_dir: Path, tiny_exports: Path, tmp_path: Path) -> None:
@@ -104,7 +104,9 @@ def test_export_errors(tiny_model_dir: Path, tiny_exports: Path, tmp_path: Path)
     broken = tmp_path / "broken" / "model.tflite"
     broken.parent.mkdir()
     broken.write_bytes(b"not a flatbuffer" * 64)
-    (broken.parent / core.METADATA_FILE).write_text((tiny_exports / core.METADATA_FILE).read_text())
+    (broken.parent / model_files.METADATA_FILE).write_text(
+        (tiny_exports / model_files.METADATA_FILE).read_text()
+    )
     with pytest.raises(FlowerDemoError, match="cannot load TFLite model"):
         Classifier(broken)
     with pytest.raises(FlowerDemoError, match="not found"):
@@ -131,13 +133,13 @@ def test_export_into_the_model_folder(tiny_model_dir: Path, tmp_path: Path) -> N
     and the folder then serves through LiteRT."""
     folder = tmp_path / "model"
     folder.mkdir()
-    for name in (core.MODEL_FILE, core.METADATA_FILE):
+    for name in (model_files.MODEL_FILE, model_files.METADATA_FILE):
         (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
     assert core.choose_engine(folder) == "keras"  # no model.tflite yet
     result = run_module("flower_demo.export", "--model", folder)
     assert result.returncode == 0, result.stderr
-    assert (folder / core.TFLITE_FILE).is_file() and core.choose_engine(folder) == "litert"
-    assert core.TFLITE_FILE in core.read_metadata(folder)[export.EXPORTS_KEY]
+    assert (folder / model_files.TFLITE_FILE).is_file() and core.choose_engine(folder) == "litert"
+    assert model_files.TFLITE_FILE in model_files.read_metadata(folder)[export.EXPORTS_KEY]
 
 
 # --- the shipped model -----------------------------------------------------------------------
@@ -163,4 +165,4 @@ def test_shipped_tflite_names_the_same_species(
     disagreements = sum(a != b for a, b in zip(expected, got))
     assert disagreements <= (INT8_DISAGREEMENTS_ALLOWED if quantize == "int8" else 0), (expected, got)
     size = (shipped_exports / export.tflite_file_name(quantize)).stat().st_size
-    assert size < (shipped_model_dir / core.MODEL_FILE).stat().st_size  # smaller than model.keras
+    assert size < (shipped_model_dir / model_files.MODEL_FILE).stat().st_size  # smaller than model.keras

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import TINY_CLASSES, TINY_SIZE
 
-from flower_demo import FlowerDemoError, core, models
+from flower_demo import FlowerDemoError, model_files, models
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.uniform(0, 255, (3, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
@@ -75,8 +75,10 @@ def test_preprocess_layer_matches_the_backbone(backbone, reference):
 def test_save_load_round_trip(tiny_model_dir, tmp_path):
     model, metadata = models.load_model(tiny_model_dir)
     assert metadata["class_names"] == TINY_CLASSES and metadata["image_size"] == TINY_SIZE
-    assert metadata["format_version"] == core.METADATA_VERSION
-    assert core.read_metadata(tiny_model_dir / core.MODEL_FILE) == metadata  # a .keras path works too
+    assert metadata["format_version"] == model_files.METADATA_VERSION
+    assert (
+        model_files.read_metadata(tiny_model_dir / model_files.MODEL_FILE) == metadata
+    )  # a .keras path works too
     assert not np.allclose(outputs(model)[0], 1 / 3, atol=1e-3)  # not a degenerate model
 
     # compiled_forward: one traced graph per model, same numbers as calling the model
@@ -88,7 +90,7 @@ def test_save_load_round_trip(tiny_model_dir, tmp_path):
 
     # a model saved from the loaded one (given as its .keras file) gives the same outputs
     models.save_model(model, tmp_path / "copy", {**metadata, "note": "copy"})
-    copy, copy_metadata = models.load_model(tmp_path / "copy" / core.MODEL_FILE)
+    copy, copy_metadata = models.load_model(tmp_path / "copy" / model_files.MODEL_FILE)
     assert copy_metadata["note"] == "copy"
     np.testing.assert_allclose(outputs(copy), outputs(model), atol=1e-6)
 
@@ -153,7 +155,7 @@ def model_copy(tiny_model_dir, tmp_path):
 
 
 def edit_metadata(folder, **changes):
-    path = folder / core.METADATA_FILE
+    path = folder / model_files.METADATA_FILE
     metadata = json.loads(path.read_text())
     metadata.update(changes)
     path.write_text(json.dumps(metadata))
@@ -177,20 +179,20 @@ def test_load_refuses_wrong_image_size(model_copy):
 
 def test_load_refuses_missing_files(model_copy, tmp_path):
     refuses(tmp_path / "nowhere", "model file not found")
-    (model_copy / core.METADATA_FILE).unlink()
+    (model_copy / model_files.METADATA_FILE).unlink()
     refuses(model_copy, "model metadata not found")
 
 
 def test_load_refuses_bad_metadata(model_copy):
-    (model_copy / core.METADATA_FILE).write_text("{not json")
+    (model_copy / model_files.METADATA_FILE).write_text("{not json")
     refuses(model_copy, "model metadata .* is not valid JSON")
-    (model_copy / core.METADATA_FILE).write_text(json.dumps({"class_names": ["a"], "image_size": 32}))
+    (model_copy / model_files.METADATA_FILE).write_text(json.dumps({"class_names": ["a"], "image_size": 32}))
     refuses(model_copy, "lacks 'backbone'")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_load_refuses_corrupt_model_file(model_copy, damage):
-    path = model_copy / core.MODEL_FILE
+    path = model_copy / model_files.MODEL_FILE
     content = path.read_bytes()
     broken = {"garbage": b"not a keras file" * 100, "truncated": content[:5000], "empty": b""}
     path.write_bytes(broken[damage])
@@ -199,11 +201,11 @@ def test_load_refuses_corrupt_model_file(model_copy, damage):
 
 def test_label_map(tmp_path):
     names = ["rose", "tulip", "daisy"]
-    mapping = core.label_map_from_names(names)
+    mapping = model_files.label_map_from_names(names)
     assert mapping == {"1": "rose", "2": "tulip", "3": "daisy"}
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(dict(reversed(list(mapping.items())))))  # order in the file is free
-    assert core.load_label_map(path, 3) == names
+    assert model_files.load_label_map(path, 3) == names
 
     bad = {
         "zero_based.json": {"0": "rose", "1": "tulip", "2": "daisy"},
@@ -215,18 +217,18 @@ def test_label_map(tmp_path):
         (tmp_path / name).write_text(json.dumps(content))
         reason = "must be a JSON object" if name == "list.json" else "do not match the model's 3 classes"
         with pytest.raises(FlowerDemoError, match=reason):
-            core.load_label_map(tmp_path / name, 3)
+            model_files.load_label_map(tmp_path / name, 3)
     (tmp_path / "broken.json").write_text('{"1": "rose",')
     with pytest.raises(FlowerDemoError, match="not valid JSON"):
-        core.load_label_map(tmp_path / "broken.json", 3)
+        model_files.load_label_map(tmp_path / "broken.json", 3)
     with pytest.raises(FlowerDemoError, match="label map not found"):
-        core.load_label_map(tmp_path / "absent.json", 3)
+        model_files.load_label_map(tmp_path / "absent.json", 3)
 
 
 def test_shipped_label_map_matches_shipped_model(shipped_metadata):
-    if not core.SHIPPED_LABEL_MAP.is_file():
+    if not model_files.SHIPPED_LABEL_MAP.is_file():
         pytest.skip("no label_map.json")
-    names = core.load_label_map(core.SHIPPED_LABEL_MAP, len(shipped_metadata["class_names"]))
+    names = model_files.load_label_map(model_files.SHIPPED_LABEL_MAP, len(shipped_metadata["class_names"]))
     assert names == shipped_metadata["class_names"]
 
 
@@ -234,7 +236,7 @@ def test_shipped_label_map_matches_shipped_model(shipped_metadata):
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    repo = core.REPO_ROOT
+    repo = model_files.REPO_ROOT
     return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=180)
 
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import make_class_tree, run_module
 from PIL import Image
 
-from flower_demo import core, models, train
+from flower_demo import model_files, models, train
 from flower_demo.core import Classifier, predict
 
 COLOURS = {"sun_flower": (240, 220, 30), "blue?bell": (30, 60, 220), "red rose": (220, 30, 40)}
@@ -38,7 +38,7 @@ def train_args(tree: Path, weights: Path, run_dir: Path, stage1: int, stage2: in
 
 def shipped_state() -> dict[str, tuple[int, int]]:
     """Size and modification time of everything `--ship` would write."""
-    paths = [*sorted(core.SHIPPED_MODEL_DIR.glob("*")), core.SHIPPED_LABEL_MAP]
+    paths = [*sorted(model_files.SHIPPED_MODEL_DIR.glob("*")), model_files.SHIPPED_LABEL_MAP]
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()}
 
 
@@ -140,7 +140,7 @@ def test_resume_needs_an_existing_run_dir(tmp_path, image_tree, mobilenet_weight
 
 def test_run_dir_must_not_be_weights(image_tree, mobilenet_weights, capsys):
     before = shipped_state()
-    args = train_args(image_tree, mobilenet_weights, core.SHIPPED_MODEL_DIR, 1, 1)
+    args = train_args(image_tree, mobilenet_weights, model_files.SHIPPED_MODEL_DIR, 1, 1)
     assert train.main(args) == 1
     assert "must not be weights/" in capsys.readouterr().err
     assert shipped_state() == before
@@ -343,7 +343,7 @@ def test_package_metadata():
     """pyproject.toml: dependencies and extras come from the requirements files; the console
     commands name real functions."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    project_file = core.REPO_ROOT / "pyproject.toml"
+    project_file = model_files.REPO_ROOT / "pyproject.toml"
     config = tomllib.loads(project_file.read_text())
     dynamic = config["tool"]["setuptools"]["dynamic"]
     files = {
@@ -356,7 +356,7 @@ def test_package_metadata():
         "test": ["requirements-test.txt"],
     }
     for names in files.values():
-        lines = (core.REPO_ROOT / names[0]).read_text().splitlines()
+        lines = (model_files.REPO_ROOT / names[0]).read_text().splitlines()
         requirements = [line for line in lines if line.strip() and not line.startswith("#")]
         assert requirements and all("==" in line and not line.startswith("-") for line in requirements)
     assert "dependencies" not in config["project"]  # no second list of pins
@@ -365,4 +365,4 @@ def test_package_metadata():
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))
-    assert "Apache License" in (core.REPO_ROOT / "LICENSE").read_text()
+    assert "Apache License" in (model_files.REPO_ROOT / "LICENSE").read_text()
