@@ -77,6 +77,19 @@ def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages
     )
 
 
+def concatenate(parts: list[LabeledImages]) -> LabeledImages:
+    """Several splits of one source as one (e.g. train + validation for a final model)."""
+    if len(parts) == 1:
+        return parts[0]
+    return LabeledImages(
+        [item for part in parts for item in part.items],
+        np.concatenate([part.labels for part in parts]),
+        parts[0].class_names,
+        sum(part.expected for part in parts),
+        "+".join(part.source for part in parts),
+    )
+
+
 # --- tensorflow_datasets ---------------------------------------------------------------------
 
 

@@ -170,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="layer whose output feeds the fine-tuned part (default: the backbone registry's)",
     )
     p.add_argument(
+        "--train-splits",
+        default="train",
+        help="official splits to train on, joined by commas, e.g. train,validation for the final model "
+        "(--data-dir and --tfds; a class-per-folder tree has only its own split)",
+    )
+    p.add_argument(
+        "--val-split",
+        default="validation",
+        help="official split scored after each epoch, or none: then each stage runs its epochs and "
+        "keeps the last weights, with no validation figure (--data-dir and --tfds)",
+    )
+    p.add_argument(
+        "--fixed-epochs",
+        action="store_true",
+        help="run every epoch and keep the last weights: no early stopping, no best epoch chosen on "
+        "the validation split, so its figure stays an honest estimate (implied by --val-split none)",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         default=10,
@@ -216,23 +234,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- data ------------------------------------------------------------------------------------
 
 
+def chosen_splits(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The official splits to train on and the one to validate on (None: no validation), checked."""
+    train_splits = [s.strip() for s in args.train_splits.split(",") if s.strip()]
+    val_split = None if args.val_split.lower() == "none" else args.val_split
+    if args.image_folder and (train_splits != ["train"] or val_split != "validation"):
+        raise FlowerDemoError("--train-splits and --val-split need --data-dir or --tfds (official splits)")
+    if not train_splits:
+        raise FlowerDemoError("--train-splits names no split")
+    if val_split in train_splits:
+        raise FlowerDemoError(f"--val-split {val_split} is also trained on; name another split, or none")
+    if "test" in train_splits or val_split == "test":
+        print("note: the test split is meant for the final, independent measurement only")
+    return train_splits, val_split
+
+
 def load_splits(
     args: argparse.Namespace,
-) -> tuple[data.LabeledImages, data.LabeledImages]:
-    """(train, validation) from whichever source the arguments name."""
+) -> tuple[data.LabeledImages, data.LabeledImages | None]:
+    """(train, validation) from whichever source the arguments name; validation None with
+    --val-split none."""
+    train_splits, val_split = chosen_splits(args)
     if args.data_dir:
-        train = data.load_oxford_folder(args.data_dir, "train")
-        val = data.load_oxford_folder(args.data_dir, "validation")
+        train = data.concatenate([data.load_oxford_folder(args.data_dir, s) for s in train_splits])
+        val = data.load_oxford_folder(args.data_dir, val_split) if val_split else None
     elif args.image_folder:
         train, val = data.load_image_folder(args.image_folder, args.val_fraction, args.seed)
     else:
-        if "validation" in data.tfds_split_names(args.tfds, args.tfds_dir):
+        if train_splits != ["train"] or val_split != "validation":
+            train_split, val_split = "+".join(train_splits), val_split
+        elif "validation" in data.tfds_split_names(args.tfds, args.tfds_dir):
             train_split, val_split = "train", "validation"
         else:  # e.g. tf_flowers has only "train": hold out its last val-fraction
             cut = round(100 * (1 - args.val_fraction))
             train_split, val_split = f"train[:{cut}%]", f"train[{cut}%:]"
         train = data.load_tfds(args.tfds, train_split, args.tfds_dir)
-        val = data.load_tfds(args.tfds, val_split, args.tfds_dir)
+        val = data.load_tfds(args.tfds, val_split, args.tfds_dir) if val_split else None
     if args.max_per_class:
         keep = np.concatenate(
             [np.flatnonzero(train.labels == c)[: args.max_per_class] for c in np.unique(train.labels)]
@@ -246,8 +283,11 @@ def load_splits(
             train.source,
         )
     for name, split in (("train", train), ("validation", val)):
-        print(f"{name}: {len(split)} of {split.expected} images found ({split.source})")
-    if len(val) == 0:
+        if split is not None:
+            print(f"{name}: {len(split)} of {split.expected} images found ({split.source})")
+    if val is None:
+        print("validation: none; each stage runs all its epochs and keeps the last weights")
+    elif len(val) == 0:
         raise FlowerDemoError("the validation split is empty")
     return train, val
 
@@ -336,7 +376,8 @@ def read_log(path: Path) -> dict[str, list[float]]:
     with path.open() as f:
         by_epoch = {row["epoch"]: row for row in csv.DictReader(f)}  # a re-run epoch counts once
     rows = sorted(by_epoch.values(), key=lambda row: int(row["epoch"]))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+    value = lambda text: float("nan") if text in ("", "NA") else float(text)  # CSVLogger's gaps: NA
+    return {k: [value(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
 
 
 def learning_rate(
@@ -443,17 +484,19 @@ def fit_stage(
     trainable: keras.Model,
     train_views: np.ndarray,
     train_labels: np.ndarray,
-    val_x: np.ndarray,
-    val_labels: np.ndarray,
+    val_x: np.ndarray | None,
+    val_labels: np.ndarray | None,
     epochs: int,
     lr: float,
     args: argparse.Namespace,
     run_dir: Path,
 ) -> dict[str, list[float]]:
     """Train one stage with per-epoch checkpoints, resume and early stopping; keep the best.
+    With no validation data, or --fixed-epochs, run every epoch and keep the last weights.
 
     Returns the stage's per-epoch metrics, epochs from before an interruption included.
     """
+    fixed = args.fixed_epochs or val_x is None
     best = run_dir / f"{stage}_best.weights.h5"
     log = run_dir / f"{stage}_log.csv"
     backup = run_dir / "checkpoints" / stage
@@ -476,27 +519,33 @@ def fit_stage(
     compile_stage(trainable, lr, epochs, len(views), args)
     # With EMA, validation and the best checkpoint use the averaged weights.
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []
+    choose = [] if fixed else [
+        keras.callbacks.ModelCheckpoint(
+            str(best),
+            monitor="val_accuracy",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience),
+    ]  # fmt: skip
     trainable.fit(
         views,
-        validation_data=(np.asarray(val_x, dtype="float32"), one_hot[val_labels]),
+        validation_data=None if val_x is None else (np.asarray(val_x, dtype="float32"), one_hot[val_labels]),
         epochs=epochs,
         callbacks=[
             # Kept after the stage ends, so --resume with more epochs extends a finished stage.
             keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
             *swap,
-            keras.callbacks.ModelCheckpoint(
-                str(best),
-                monitor="val_accuracy",
-                save_best_only=True,
-                save_weights_only=True,
-                initial_value_threshold=best_so_far,
-            ),
             keras.callbacks.CSVLogger(str(log), append=True),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience),
+            *choose,
         ],
         verbose=models.progress_verbosity(),
     )
-    trainable.load_weights(best)
+    if fixed:  # the last epoch's weights (the weight average, when there is one)
+        trainable.save_weights(best)
+    else:
+        trainable.load_weights(best)
     done.write_text(str(epochs))
     return read_log(log)
 
@@ -612,7 +661,7 @@ def run(args: argparse.Namespace) -> Path:
     # Everything the cached arrays depend on, so a changed setting never reuses a stale cache.
     key = hashlib.sha256(
         json.dumps([args.backbone, args.weights, size, fine_tune_from, args.views, args.seed,
-                    train.source, val.source, len(train), len(val)]).encode()
+                    train.source, val and val.source, len(train), len(val or [])]).encode()
     ).hexdigest()  # fmt: skip
     cache = run_dir / "cache"
 
@@ -620,12 +669,19 @@ def run(args: argparse.Namespace) -> Path:
 
     print("decoding images into memory")
     train_images = cached(cache / "train_images.npy", key, lambda: data.decode_all(train.items, size))
-    val_images = cached(cache / "val_images.npy", key, lambda: data.decode_all(val.items, size))
+    val_images = (
+        cached(cache / "val_images.npy", key, lambda: data.decode_all(val.items, size)) if val else None
+    )
     print(f"computing frozen activations of {args.views} views per training image")
     train_acts = cached(
         cache / "train_acts.npy", key, lambda: cache_activations(bottom, steps, train_images, args.views)
     )
-    val_acts = cached(cache / "val_acts.npy", key, lambda: cache_activations(bottom, steps, val_images, 1))[0]
+    val_acts = (
+        cached(cache / "val_acts.npy", key, lambda: cache_activations(bottom, steps, val_images, 1))[0]
+        if val
+        else None
+    )
+    val_labels = val.labels if val else None
 
     history: dict[str, dict[str, list[float]]] = {}
     timings: dict[str, float] = {}
@@ -634,12 +690,14 @@ def run(args: argparse.Namespace) -> Path:
     if top is not None:
         all_views = lambda: np.stack([pooled_features(top, view) for view in train_acts])
         train_feats = cached(cache / "train_feats.npy", key, all_views)
-        val_feats = cached(cache / "val_feats.npy", key, lambda: pooled_features(top, val_acts))
+        val_feats = (
+            cached(cache / "val_feats.npy", key, lambda: pooled_features(top, val_acts)) if val else None
+        )
     else:
         train_feats, val_feats = train_acts, val_acts
     stage1 = head_model(train_feats.shape[2:], model)
     history["stage1"] = fit_stage(
-        "stage1", stage1, train_feats, train.labels, val_feats, val.labels,
+        "stage1", stage1, train_feats, train.labels, val_feats, val_labels,
         args.stage1_epochs, args.stage1_lr, args, run_dir,
     )  # fmt: skip
     timings["stage1_seconds"] = round(time.time() - t0, 1)
@@ -650,7 +708,7 @@ def run(args: argparse.Namespace) -> Path:
         print(f"stage 2: fine-tuning {unfreeze(top):,} backbone weights from {fine_tune_from} up")
         stage2 = head_model(train_acts.shape[2:], model, top)
         history["stage2"] = fit_stage(
-            "stage2", stage2, train_acts, train.labels, val_acts, val.labels,
+            "stage2", stage2, train_acts, train.labels, val_acts, val_labels,
             args.stage2_epochs, args.stage2_lr, args, run_dir,
         )  # fmt: skip
         timings["stage2_seconds"] = round(time.time() - t0, 1)
@@ -660,9 +718,12 @@ def run(args: argparse.Namespace) -> Path:
         final = models.create_model(args.backbone, len(names), size, None, args.dropout)
         final.set_weights(model.get_weights())
         model = final
-    metrics = evaluate_model(models.compiled_forward(model), val_images, val.labels, size)
     timings["total_seconds"] = round(time.time() - started, 1)
-    print(f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})")
+    metrics = evaluate_model(models.compiled_forward(model), val_images, val.labels, size) if val else None
+    if metrics:
+        print(f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})")
+    else:
+        print(f"trained on {len(train)} images with no validation split ({timings})")
     metadata = {
         "class_names": names,
         "image_size": size,
@@ -670,14 +731,19 @@ def run(args: argparse.Namespace) -> Path:
         "backbone_weights": args.weights,
         "data": {
             "train_source": train.source,
-            "validation_source": val.source,
+            "validation_source": val.source if val else None,
             "train_size": len(train),
-            "validation_size": len(val),
+            "validation_size": len(val) if val else 0,
         },
+        # With --fixed-epochs (or no validation) nothing was chosen on the validation split, so its
+        # figure is an estimate for data the run never saw; otherwise the best epoch was chosen on it.
         "metrics": {
             "validation_top1": metrics["top1"],
             "validation_top5": metrics["top5"],
-        },
+            "chosen_on_validation": not args.fixed_epochs,
+        }
+        if metrics
+        else {},
         "training": {**settings, **timings, "device": "GPU" if gpu else "CPU"},
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"keras": keras.__version__, "backend": keras.config.backend()},
@@ -685,11 +751,12 @@ def run(args: argparse.Namespace) -> Path:
     models.save_model(model, run_dir, metadata)
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     plot_history(history, run_dir / "curves.png")
-    title = f"Validation report: run {run_dir.name}"
-    page = report.write_report(
-        run_dir / "report", metrics["probabilities"], val.labels, names, val.items, title, val.source
-    )
-    print(f"validation report: {page}")
+    if metrics:
+        title = f"Validation report: run {run_dir.name}"
+        page = report.write_report(
+            run_dir / "report", metrics["probabilities"], val.labels, names, val.items, title, val.source
+        )
+        print(f"validation report: {page}")
     print(f"saved {run_dir / model_files.MODEL_FILE}")
     export_for_serving(run_dir)
     if not args.keep_cache:

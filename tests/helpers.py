@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,3 +82,22 @@ def run_module(
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def flowers102_folder(root: Path) -> Path:
+    """Flowers-102's layout (jpg/, imagelabels.mat, setid.mat) holding real photos of known species."""
+    from scipy.io import savemat  # a training dependency: imported by the tests that need it
+
+    (root / "jpg").mkdir(parents=True)
+    examples = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))
+    splits = {"trnid": examples, "valid": fixture_photos(), "tstid": fixture_photos()}
+    labels, ids = [], {}
+    for split, photos in splits.items():
+        ids[split] = []
+        for photo in photos:
+            labels.append(label_id(photo))
+            ids[split].append(len(labels))
+            shutil.copy(photo, root / "jpg" / f"image_{len(labels):05d}.jpg")
+    savemat(root / "imagelabels.mat", {"labels": np.array([labels])})
+    savemat(root / "setid.mat", {k: np.array([v]) for k, v in ids.items()})
+    return root

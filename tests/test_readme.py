@@ -21,13 +21,10 @@ import shlex
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import REPO_ROOT, fixture_photos, label_id, make_class_tree, run_module
-from scipy.io import savemat
+from helpers import REPO_ROOT, fixture_photos, flowers102_folder, make_class_tree, run_module
 
 README = REPO_ROOT / "README.md"
-EXAMPLES = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))
 TRAIN_SPEEDUP = ["--image-size", "32", "--stage1-epochs", "2", "--stage2-epochs", "1", "--views", "2"]
 # Commands README shows that this test does not run, by a fragment that identifies them.
 NOT_RUN = {
@@ -62,22 +59,6 @@ def readme_commands() -> list[str]:
             if line and not line.startswith("#"):
                 commands.append(line)
     return commands
-
-
-def flowers102_folder(root: Path) -> Path:
-    """Flowers-102's layout (jpg/, imagelabels.mat, setid.mat) holding real photos of known species."""
-    (root / "jpg").mkdir(parents=True)
-    splits = {"trnid": EXAMPLES, "valid": fixture_photos(), "tstid": fixture_photos()}
-    labels, ids = [], {}
-    for split, photos in splits.items():
-        ids[split] = []
-        for photo in photos:
-            labels.append(label_id(photo))
-            ids[split].append(len(labels))
-            shutil.copy(photo, root / "jpg" / f"image_{len(labels):05d}.jpg")
-    savemat(root / "imagelabels.mat", {"labels": np.array([labels])})
-    savemat(root / "setid.mat", {k: np.array([v]) for k, v in ids.items()})
-    return root
 
 
 @pytest.fixture(scope="module")

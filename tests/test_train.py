@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from helpers import make_class_tree, run_module
+from helpers import flowers102_folder, make_class_tree, run_module
 from PIL import Image
 
 from flower_demo import model_files, models, train
@@ -66,7 +66,8 @@ def test_run_folder(trained_run, image_tree, mobilenet_weights):
     assert metadata["image_size"] == SIZE and metadata["backbone"] == "mobilenet_v2"
     assert metadata["backbone_weights"] == str(mobilenet_weights)
     assert metadata["data"]["train_size"] == 15 and metadata["data"]["validation_size"] == 3
-    assert set(metadata["metrics"]) == {"validation_top1", "validation_top5"}
+    assert set(metadata["metrics"]) == {"validation_top1", "validation_top5", "chosen_on_validation"}
+    assert metadata["metrics"]["chosen_on_validation"] is True  # early stopping chose the epoch on it
     assert all(0.0 <= v <= 1.0 for v in metadata["metrics"].values())
     assert metadata["training"]["stage1_epochs"] == 2 and metadata["training"]["stage2_epochs"] == 2
 
@@ -366,3 +367,68 @@ def test_package_metadata():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))
     assert "Apache License" in (model_files.REPO_ROOT / "LICENSE").read_text()
+
+
+# --- training on chosen official splits (the final model: train + validation) ----------------
+
+
+@pytest.mark.slow
+def test_final_model_trains_on_the_union_for_fixed_epochs(tmp_path, mobilenet_weights):
+    """--train-splits train,validation --val-split none: the union of the splits, every epoch run,
+    the last weights kept, and no validation figure claimed."""
+    data_dir = flowers102_folder(tmp_path / "flowers102")  # 8 train + 8 validation photos
+    run_dir = tmp_path / "final"
+    result = run_module(
+        "flower_demo.train", "--data-dir", data_dir, "--weights", mobilenet_weights, "--image-size", SIZE,
+        "--views", "1", "--batch-size", "8", "--stage1-epochs", "3", "--stage2-epochs", "2",
+        "--patience", "1", "--train-splits", "train,validation", "--val-split", "none", "--run-dir", run_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "trained on 16 images with no validation split" in result.stdout
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["data"]["train_size"] == 16 and metadata["data"]["validation_size"] == 0
+    assert metadata["data"]["train_source"].endswith(
+        ":train+flowers102-folder:" + str(data_dir) + ":validation"
+    )
+    assert metadata["metrics"] == {}  # nothing measured on data it trained on
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [len(history[s]["loss"]) for s in ("stage1", "stage2")] == [3, 2]  # no early stopping
+    assert not (run_dir / "report").exists() and (run_dir / "model.tflite").is_file()
+
+
+@pytest.mark.slow
+def test_second_fold_scores_without_choosing(tmp_path, mobilenet_weights):
+    """Train on validation, score on train, with --fixed-epochs: the figure is an estimate (nothing
+    was chosen on the scored split), and the metadata says so."""
+    data_dir = flowers102_folder(tmp_path / "flowers102")
+    run_dir = tmp_path / "fold2"
+    result = run_module(
+        "flower_demo.train", "--data-dir", data_dir, "--weights", mobilenet_weights, "--image-size", SIZE,
+        "--views", "1", "--batch-size", "8", "--stage1-epochs", "4", "--stage2-epochs", "0",
+        "--patience", "1", "--train-splits", "validation", "--val-split", "train", "--fixed-epochs",
+        "--run-dir", run_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["data"]["validation_size"] == 8 and metadata["metrics"]["chosen_on_validation"] is False
+    assert len(json.loads((run_dir / "history.json").read_text())["stage1"]["loss"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train-splits", "train", "--val-split", "train"], "is also trained on"),
+        (["--train-splits", " , "], "names no split"),
+    ],
+)
+def test_split_options_are_checked(tmp_path, extra, message, capsys):
+    args = ["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run"), *extra]
+    assert train.main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_split_options_need_official_splits(tmp_path, image_tree, mobilenet_weights, capsys):
+    args = train_args(image_tree, mobilenet_weights, tmp_path / "run", 1, 0)
+    assert train.main([*args, "--train-splits", "train,validation"]) == 1
+    assert "need --data-dir or --tfds" in capsys.readouterr().err
