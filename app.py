@@ -185,6 +185,10 @@ def about(metadata: dict[str, Any], class_names: list[str]) -> str:
         if "validation_top5" in metrics:
             accuracy += f", and the right species was in its top 5 for {metrics['validation_top5']:.1%}"
         accuracy += "."
+        if metrics.get("chosen_on_validation", True):  # early stopping picked the epoch on those photos
+            accuracy += (
+                " Training stopped at its best epoch on those photos, so expect a little less on new ones."
+            )
     else:
         accuracy = "No validation accuracy was recorded for this model."
     report = metadata.get("calibration", {}).get("report", {})

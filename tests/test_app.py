@@ -163,6 +163,8 @@ def test_about_reports_accuracy_and_limits(app: ModuleType) -> None:
     assert "102" in text and "not a plant-safety tool" in text
     if "validation_top1" in metadata.get("metrics", {}):
         assert f"{metadata['metrics']['validation_top1']:.1%}" in text
+        chosen = metadata["metrics"].get("chosen_on_validation", True)
+        assert ("expect a little less on new ones" in text) is chosen  # a figure chosen on is said so
 
 
 def test_unknown_photo_is_said_to_be_none_of_the_species(app: ModuleType) -> None:
