@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import REPO_ROOT, TINY_CLASSES, TINY_SIZE, fixture_photos, label_id
-from scipy.io import savemat
+from helpers import TINY_CLASSES, TINY_SIZE, fixture_photos, flowers102_folder, run_module
 
 from benchmarks import bench
 from flower_demo import models
@@ -25,13 +22,7 @@ TIMEOUT_S = 900  # a whole (tiny) run on a busy 2-core machine
 
 
 def run_bench(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", *map(str, args)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    return run_module("benchmarks.bench", *args, timeout=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +37,7 @@ def litert_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture
 def oxford_dir(tmp_path: Path) -> Path:
     """A Flowers-102 folder whose validation split is the fixture photos (labels from their names)."""
-    photos = fixture_photos()
-    (tmp_path / "jpg").mkdir()
-    for i, photo in enumerate(photos, 1):
-        shutil.copy(photo, tmp_path / "jpg" / f"image_{i:05d}.jpg")
-    ids = np.arange(1, len(photos) + 1, dtype=np.uint16)
-    savemat(tmp_path / "imagelabels.mat", {"labels": np.array([[label_id(p) for p in photos]], np.uint8)})
-    savemat(tmp_path / "setid.mat", {"trnid": ids[None, :1], "valid": ids[None], "tstid": ids[None, :1]})
-    return tmp_path
+    return flowers102_folder(tmp_path / "flowers102")
 
 
 def test_bench_json(litert_dir: Path, oxford_dir: Path) -> None:
