@@ -175,22 +175,44 @@ def examples() -> tuple[list[str], list[str]]:
     return [str(p) for p in photos], [names[str(int(p.name[:3]))] for p in photos]
 
 
-def about(metadata: dict[str, Any], class_names: list[str]) -> str:
-    """What the model knows, how well it did on held-out photos, and what it cannot do."""
+def accuracy_text(metadata: dict[str, Any]) -> str:
+    """How often its top answer is right on photos it never trained on, and how that was measured:
+    the recipe's estimate (calibrate --folds) when there is one, else its validation figure."""
+    estimate = metadata.get("estimate", {})
+    if "top1" in estimate and estimate.get("folds"):
+        folds = "; ".join(
+            f"trained on {fold['trained_on']}, scored {fold['top1']:.1%} on the {fold['images']:,} "
+            f"{fold['scored_on']} photos"
+            for fold in estimate["folds"]
+        )
+        text = (
+            f"Expect its top-1 answer to be right for about **{estimate['top1']:.1%}** of photos like "
+            f"these, and the right species in its top 5 for {estimate['top5']:.1%}: the {estimate['method']} "
+            f"estimate of its training recipe on photos the recipe's models never trained on ({folds})."
+        )
+        if estimate.get("chosen_on_scored"):
+            text += " A fold's best epoch was chosen on its scored photos, so expect a little less."
+        trained_on = metadata.get("data", {}).get("train_size")
+        if not metadata.get("data", {}).get("validation_size") and trained_on:
+            text += f" This model itself was then trained on all {trained_on:,} of those photos."
+        return text
     metrics = metadata.get("metrics", {})
-    if "validation_top1" in metrics:
-        images = metadata.get("data", {}).get("validation_size")
-        on = f" on {images:,} validation photos it never trained on" if images else " on validation photos"
-        accuracy = f"Its top-1 answer was right for **{metrics['validation_top1']:.1%}**{on}"
-        if "validation_top5" in metrics:
-            accuracy += f", and the right species was in its top 5 for {metrics['validation_top5']:.1%}"
-        accuracy += "."
-        if metrics.get("chosen_on_validation", True):  # early stopping picked the epoch on those photos
-            accuracy += (
-                " Training stopped at its best epoch on those photos, so expect a little less on new ones."
-            )
-    else:
-        accuracy = "No validation accuracy was recorded for this model."
+    if "validation_top1" not in metrics:
+        return "No accuracy on held-out photos was recorded for this model."
+    images = metadata.get("data", {}).get("validation_size")
+    on = f" on {images:,} validation photos it never trained on" if images else " on validation photos"
+    text = f"Its top-1 answer was right for **{metrics['validation_top1']:.1%}**{on}"
+    if "validation_top5" in metrics:
+        text += f", and the right species was in its top 5 for {metrics['validation_top5']:.1%}"
+    text += "."
+    if metrics.get("chosen_on_validation", True):  # early stopping picked the epoch on those photos
+        text += " Training stopped at its best epoch on those photos, so expect a little less on new ones."
+    return text
+
+
+def about(metadata: dict[str, Any], class_names: list[str]) -> str:
+    """What the model knows, how well it does on photos it never saw, and what it cannot do."""
+    accuracy = accuracy_text(metadata)
     report = metadata.get("calibration", {}).get("report", {})
     if "kept_flowers" in report and "non_flowers" in report:
         how = "a check"
@@ -199,7 +221,7 @@ def about(metadata: dict[str, Any], class_names: list[str]) -> str:
         auroc = f" (AUROC {report['auroc']:.3f})" if isinstance(report.get("auroc"), float) else ""
         limits = (
             f"it only knows these species. When a photo looks like none of them, the verdict says so: "
-            f"{how} that kept {report['kept_flowers']:.0%} of the validation flowers and turned away "
+            f"{how} that kept {report['kept_flowers']:.0%} of held-out flowers and turned away "
             f"{report['non_flowers_rejected']} of {report['non_flowers']} held-out photos of animals, "
             f"people, streets, buildings and objects{auroc}. A flower it has never seen can still get "
             "the name of a look-alike."

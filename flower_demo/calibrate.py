@@ -1,17 +1,26 @@
 """Honest probabilities and "not one of the 102": temperature scaling and the rejection rule.
 
     python -m flower_demo.calibrate --model weights --data-dir DATA_DIR
+    python -m flower_demo.calibrate --model weights --data-dir DATA_DIR --folds RUN_A RUN_B
 
-Fits a temperature T on the validation split (softmax(log p / T) minimises the negative
-log-likelihood) and measures the expected calibration error (ECE, 15 equal-width bins) before and
-after. Then it compares four out-of-distribution scores, all read from the served model's forward
-pass (probabilities and pooled features, the engine the core runs, LiteRT by default):
-max-softmax after T, energy T * logsumexp(z / T) of the logits z = features @ kernel + bias,
-Mahalanobis distance to the nearest class mean under a shared Ledoit-Wolf covariance, and cosine
-similarity to the k-th nearest training photo (kNN on L2-normalised features). Statistics are
-fitted on the training split only; each threshold keeps KEEP_FLOWERS of the validation flowers;
-k is chosen on validation flowers against the "choice" part of ood_photos/. The held-out part of
-ood_photos/ is used for the final figures only.
+Everything is fitted on photos a model never trained on. By default that is the model's own
+validation split. A model trained on train + validation (the final one) has none left, so
+`--folds` names runs of the same recipe that each held one split out (train on train, score on
+validation; train on validation, score on train): each is scored on its held-out split and the
+results are pooled (out-of-fold). Their accuracies are the recipe's estimate, stored under
+"estimate" in metadata.json: a figure from photos no choice was made on, unless a fold's epoch
+was chosen on them (the fold says so).
+
+It fits a temperature T (softmax(log p / T) minimises the negative log-likelihood) and measures
+the expected calibration error (ECE, 15 equal-width bins) before and after. Then it compares four
+out-of-distribution scores, all read from the served model's forward pass (probabilities and
+pooled features, the engine the core runs, LiteRT by default): max-softmax after T, energy
+T * logsumexp(z / T) of the logits z = features @ kernel + bias, Mahalanobis distance to the
+nearest class mean under a shared Ledoit-Wolf covariance, and cosine similarity to the k-th
+nearest training photo (kNN on L2-normalised features). A model's statistics are fitted on the
+photos it trained on; each threshold keeps KEEP_FLOWERS of the held-out flowers; k is chosen on
+held-out flowers against the "choice" part of ood_photos/. The held-out part of ood_photos/ is
+used for the final figures only.
 
 The served rule is kNN (DEFAULT_RULE, `--rule` picks another): on this model it separates flowers
 from the other photos far better than the rest (see README). It writes {"temperature", "ood_rule",
@@ -32,7 +41,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +68,7 @@ SPLIT_SEED = 0  # the two halves of the validation check
 DEFAULT_RULE = "knn"
 K_CANDIDATES = (1, 2, 5, 10, 20, 50)
 OOD_PHOTOS = model_files.REPO_ROOT / "ood_photos"  # photos.csv: file, group, package, ..., split
+ESTIMATE_KEY = "estimate"  # metadata.json: the recipe's accuracy on photos its models never trained on
 STATS_DTYPE = np.float16  # ood.npz stores its arrays at half precision: half the size
 TIMING_REPEATS = 300
 # scikit-learn's flower.jpg is an orange dahlia, one of the 102 species: reported on its own.
@@ -231,21 +241,26 @@ def scores(rule: Calibration, outputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def compare(
-    rules: dict[str, Calibration], validation: dict[str, np.ndarray], others: dict[str, dict[str, np.ndarray]]
-) -> tuple[dict[str, Calibration], dict[str, dict[str, float]]]:
-    """Each rule with its threshold set to keep KEEP_FLOWERS of the validation flowers, and its AUROC
-    and share of non-flowers turned away, for each part of the non-flower photos."""
-    fitted, table = {}, {}
-    for name, rule in rules.items():
-        flowers = scores(rule, validation)
-        fitted[name] = replace(rule, ood_threshold=keep_threshold(flowers))
-        row = {"kept_flowers": float((flowers >= fitted[name].ood_threshold).mean())}
-        for part, outputs in others.items():
-            other = scores(rule, outputs)
+    rules: list[dict[str, Calibration]],
+    validation: list[dict[str, np.ndarray]],
+    others: list[dict[str, dict[str, np.ndarray]]],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Each rule's threshold, set to keep KEEP_FLOWERS of the held-out flowers, and its AUROC and
+    share of non-flowers turned away, for each part of the non-flower photos. One entry per fold in
+    each list: a fold's rules score its own held-out flowers and non-flowers, pooled over folds.
+    Rules some fold lacks (kNN with more neighbours than its training photos) are left out."""
+    thresholds, table = {}, {}
+    pooled = lambda name, outputs: np.concatenate([scores(r[name], o) for r, o in zip(rules, outputs)])
+    for name in [name for name in rules[0] if all(name in fold_rules for fold_rules in rules)]:
+        flowers = pooled(name, validation)
+        thresholds[name] = keep_threshold(flowers)
+        row = {"kept_flowers": float((flowers >= thresholds[name]).mean())}
+        for part in others[0]:
+            other = pooled(name, [fold_others[part] for fold_others in others])
             row[f"auroc_{part}"] = auroc(flowers, other)
-            row[f"rejected_{part}"] = float((other < fitted[name].ood_threshold).mean())
+            row[f"rejected_{part}"] = float((other < thresholds[name]).mean())
         table[name] = row
-    return fitted, table
+    return thresholds, table
 
 
 def choose(table: dict[str, dict[str, float]], rule: str) -> str:
@@ -285,6 +300,88 @@ def held_out_check(
     return {"ece_after": float(np.mean(ece)), "kept_flowers": float(np.mean(kept))}
 
 
+@dataclass
+class Fold:
+    """A model of the recipe, the official splits it trained on and the one it is scored on."""
+
+    path: str | Path
+    engine: Any
+    trained_on: list[str]
+    scored_on: str
+    chosen_on_scored: bool  # early stopping picked its epoch on the scored split
+
+
+def trained_splits(metadata: dict[str, Any]) -> list[str]:
+    """The official splits a model trained on, from the settings train.py stored (train before them)."""
+    splits = str(metadata.get("training", {}).get("train_splits", "train"))
+    return [s.strip() for s in splits.split(",") if s.strip()]
+
+
+def fold_of(model_path: str | Path, engine: Any, metadata: dict[str, Any]) -> Fold:
+    """The fold a trained model folder is, from the settings train.py stored in its metadata."""
+    scored_on = str(metadata.get("training", {}).get("val_split", "validation"))
+    if scored_on.lower() == "none":
+        raise FlowerDemoError(
+            f"{model_path} was trained on every split it has, so nothing held out can calibrate it; "
+            "give --folds: runs of the same recipe that held a split out"
+        )
+    chosen = bool(metadata.get("metrics", {}).get("chosen_on_validation", True))
+    return Fold(model_path, engine, trained_splits(metadata), scored_on, chosen)
+
+
+def open_fold(model_path: str | Path, engine_name: str | None, num_classes: int) -> Fold:
+    """A --folds run: its engine (raw outputs) and splits, checked against the model's class count."""
+    metadata = model_files.read_metadata(model_path)
+    engine = core.open_engine(model_path, engine_name)
+    model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
+    if engine.num_classes != num_classes:
+        raise FlowerDemoError(f"fold {model_path} has {engine.num_classes} classes, the model {num_classes}")
+    return fold_of(model_path, engine, metadata)
+
+
+def load_splits(data_dir: str, names: list[str]) -> Any:
+    from flower_demo import data
+
+    return data.concatenate([data.load_oxford_folder(data_dir, name) for name in names])
+
+
+def training_statistics(
+    engine: Any, model_path: str | Path, data_dir: str, splits: list[str], num_classes: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every rule's statistics from the model's features of the photos it trained on."""
+    train = load_splits(data_dir, splits)
+    if len(train.class_names) != num_classes:
+        raise FlowerDemoError(f"the data has {len(train.class_names)} classes, the model {num_classes}")
+    features = forward(engine, list(train.items))[FEATURES]
+    return fit_statistics(features, np.asarray(train.labels), num_classes, *classifier_head(model_path))
+
+
+def fold_estimate(folds: list[Fold], held: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> dict:
+    """The recipe's accuracy on photos each fold's model never trained on, per fold and averaged."""
+    rows = []
+    for fold, outputs, truth in zip(folds, held, labels):
+        ranked = np.argsort(-outputs[PROBABILITIES], axis=1)
+        rows.append(
+            {
+                "model": str(fold.path),
+                "trained_on": "+".join(fold.trained_on),
+                "scored_on": fold.scored_on,
+                "images": int(len(truth)),
+                "top1": float((ranked[:, 0] == truth).mean()),
+                "top5": float((ranked[:, :5] == truth[:, None]).any(axis=1).mean()),
+                "chosen_on_scored": fold.chosen_on_scored,
+            }
+        )
+    method = f"{len(rows)}-fold" if len(rows) > 1 else "one held-out split"
+    return {
+        "method": method,
+        "top1": float(np.mean([r["top1"] for r in rows])),
+        "top5": float(np.mean([r["top5"] for r in rows])),
+        "chosen_on_scored": any(r["chosen_on_scored"] for r in rows),
+        "folds": rows,
+    }
+
+
 def calibrate(
     engine: Any,
     metadata: dict[str, Any],
@@ -293,44 +390,58 @@ def calibrate(
     rule_name: str = DEFAULT_RULE,
     photos: Path = OOD_PHOTOS,
     log: Any = print,
+    folds: list[Fold] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Everything the command prints and stores, and the chosen rule's statistics."""
-    from flower_demo import data
+    """Everything the command prints and stores, and the chosen rule's statistics.
 
+    The temperature, the threshold and the rule's choice are fitted on photos the models never
+    trained on: each fold's model on its held-out split, pooled. With no `folds` the model is its own
+    one fold (trained on train, scored on validation). A model trained on every split (the final
+    one) takes its folds from runs of the same recipe; it then gets only the rule's statistics of
+    its own (its features of the photos it trained on) beside the fitted temperature and threshold.
+    """
     core.check_rule(rule_name)
     num_classes = len(metadata["class_names"])
-    train = data.load_oxford_folder(data_dir, "train")
-    split = data.load_oxford_folder(data_dir, "validation")
-    if len(split.class_names) != num_classes:
-        raise FlowerDemoError(f"the data has {len(split.class_names)} classes, the model {num_classes}")
-    labels = np.asarray(split.labels)
-    started = time.perf_counter()
-    log(f"train: {len(train)} of {train.expected} images; validation: {len(split)} of {split.expected}")
-    fitted_on = forward(engine, list(train.items))
-    validation = forward(engine, list(split.items))
+    own = fold_of(model_path, engine, metadata) if not folds else None
+    folds = folds or [own]
     parts = non_flower_photos(photos)
-    others = {part: forward(engine, paths) for part, paths in parts.items()}
+    started = time.perf_counter()
+    stats, held, labels, others = [], [], [], []
+    for fold in folds:
+        scored = load_splits(data_dir, [fold.scored_on])
+        trained, n = "+".join(fold.trained_on), len(scored)
+        log(f"fold {fold.path}: trained on {trained}, scored on {n} {fold.scored_on} images")
+        stats.append(training_statistics(fold.engine, fold.path, data_dir, fold.trained_on, num_classes))
+        held.append(forward(fold.engine, list(scored.items)))
+        labels.append(np.asarray(scored.labels))
+        others.append({part: forward(fold.engine, paths) for part, paths in parts.items()})
+    final_stats = (
+        stats[0]
+        if own
+        else training_statistics(engine, model_path, data_dir, trained_splits(metadata), num_classes)
+    )
+    final_others = others[0] if own else {part: forward(engine, paths) for part, paths in parts.items()}
     known = known_flower_photos()
     known_outputs = forward(engine, list(known.values()))
     log(f"forward passes ({engine.name}): {time.perf_counter() - started:.0f} s")
 
-    probs = validation[PROBABILITIES]
-    temperature = fit_temperature(probs, labels)
+    probs = np.concatenate([outputs[PROBABILITIES] for outputs in held])
+    truth = np.concatenate(labels)
+    temperature = fit_temperature(probs, truth)
     calibrated = apply_temperature(probs, temperature)
-    stats = fit_statistics(
-        fitted_on[FEATURES], np.asarray(train.labels), num_classes, *classifier_head(model_path)
-    )
-    rules, table = compare(candidates(temperature, stats), validation, others)
+    fold_rules = [candidates(temperature, fold_stats) for fold_stats in stats]
+    thresholds, table = compare(fold_rules, held, others)
     chosen = choose(table, rule_name)
-    rule = rules[chosen]
-    flower_scores = scores(rule, validation)
+    rule = replace(candidates(temperature, final_stats)[chosen], ood_threshold=thresholds[chosen])
+    flower_scores = np.concatenate([scores(r[chosen], outputs) for r, outputs in zip(fold_rules, held)])
     flowers_known = flower_scores >= rule.ood_threshold
-    held_out = others["held_out"]
+    held_out = final_others["held_out"]
     held_known = rule.is_known(apply_temperature(held_out[PROBABILITIES], temperature), held_out[FEATURES])
     known_calibrated = apply_temperature(known_outputs[PROBABILITIES], temperature)
     known_verdict = rule.is_known(known_calibrated, known_outputs[FEATURES])
-    top1 = calibrated.argmax(axis=1) == labels
+    top1 = calibrated.argmax(axis=1) == truth
     forward_us = microseconds_forward(engine)
+    fitted_on = [f"{fold.path} on {fold.scored_on}" for fold in folds]
     result = {
         "temperature": temperature,
         "ood_rule": rule.ood_rule,
@@ -338,29 +449,30 @@ def calibrate(
         "ood_k": rule.k,
         "ood_file": OOD_FILE if rule.statistics else None,
         "report": {
-            "statistics_fitted_on": train.source,
-            "threshold_fitted_on": split.source,
-            "validation_images": int(len(labels)),
+            "statistics_fitted_on": "+".join(trained_splits(metadata)),
+            "threshold_fitted_on": fitted_on[0] if own else "out of fold: " + ", ".join(fitted_on),
+            "validation_images": int(len(truth)),
             "validation_top1": float(top1.mean()),
-            "nll_before": nll(log_probabilities(probs), labels, 1.0),
-            "nll_after": nll(log_probabilities(probs), labels, temperature),
-            "ece_before": expected_calibration_error(probs, labels),
-            "ece_after": expected_calibration_error(calibrated.astype(np.float64), labels),
-            "held_out_half": held_out_check(probs, labels, flower_scores),
+            "nll_before": nll(log_probabilities(probs), truth, 1.0),
+            "nll_after": nll(log_probabilities(probs), truth, temperature),
+            "ece_before": expected_calibration_error(probs, truth),
+            "ece_after": expected_calibration_error(calibrated.astype(np.float64), truth),
+            "held_out_half": held_out_check(probs, truth, flower_scores),
             "rule": chosen,
             "rules": table,
             "kept_flowers": float(flowers_known.mean()),
             "top1_of_kept": float(top1[flowers_known].mean()),
             "top1_of_rejected": float(top1[~flowers_known].mean()) if (~flowers_known).any() else None,
-            "non_flowers": int(len(held_known)),  # the held-out part of ood_photos/
+            "non_flowers": int(len(held_known)),  # the held-out part of ood_photos/, by this model
             "non_flowers_rejected": int((~held_known).sum()),
             "auroc": table[chosen]["auroc_held_out"],
             "choice_photos": len(parts["choice"]),
-            "rule_microseconds": microseconds_per_photo(rule, validation),
+            "rule_microseconds": microseconds_per_photo(rule, held[0]),
             "forward_microseconds": forward_us,
             "engine": engine.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
+        "estimate": fold_estimate(folds, held, labels),
         "details": {  # printed, not stored
             "accepted_non_flowers": [
                 str(path.relative_to(photos.parent) if path.is_relative_to(photos.parent) else path)
@@ -368,7 +480,8 @@ def calibrate(
                 for path, ok in zip(
                     parts[part],
                     rule.is_known(
-                        apply_temperature(others[part][PROBABILITIES], temperature), others[part][FEATURES]
+                        apply_temperature(final_others[part][PROBABILITIES], temperature),
+                        final_others[part][FEATURES],
                     ),
                 )
                 if ok
@@ -383,7 +496,7 @@ def calibrate(
             },
         },
     }
-    return result, stats.get(rule.ood_rule, {}) if rule.statistics else {}
+    return result, final_stats.get(rule.ood_rule, {}) if rule.statistics else {}
 
 
 def microseconds_forward(engine: Any, repeats: int = 10) -> float:
@@ -398,14 +511,21 @@ def microseconds_forward(engine: Any, repeats: int = 10) -> float:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    r = result["report"]
+    r, estimate = result["report"], result["estimate"]
     lines = [
-        f"model validation top-1: {r['validation_top1']:.4f} ({r['validation_images']} images)",
+        f"estimate ({estimate['method']}): top-1 {estimate['top1']:.4f}, top-5 {estimate['top5']:.4f}",
+        *[
+            f"  {fold['model']}: trained on {fold['trained_on']}, {fold['images']} {fold['scored_on']} "
+            f"images: top-1 {fold['top1']:.4f}, top-5 {fold['top5']:.4f}"
+            + (" (its epoch was chosen on them)" if fold["chosen_on_scored"] else "")
+            for fold in estimate["folds"]
+        ],
+        f"fitted on {r['threshold_fitted_on']} ({r['validation_images']} images)",
         f"temperature T = {result['temperature']:.4f}",
         f"NLL  before {r['nll_before']:.4f}   after {r['nll_after']:.4f}",
         f"ECE ({ECE_BINS} bins)  before {r['ece_before']:.4f}   after {r['ece_after']:.4f}   "
         f"(T fitted on the other half: {r['held_out_half']['ece_after']:.4f})",
-        f"rules: thresholds keep {KEEP_FLOWERS:.0%} of validation flowers; non-flower photos: "
+        f"rules: thresholds keep {KEEP_FLOWERS:.0%} of held-out flowers; non-flower photos: "
         f"{r['choice_photos']} for choices, {r['non_flowers']} held out",
         f"  {'rule':<18} {'AUROC choice':>12} {'rejected':>9} {'AUROC held-out':>15} {'rejected':>9}",
         *[
@@ -413,10 +533,10 @@ def format_report(result: dict[str, Any]) -> str:
             f"{row['auroc_held_out']:>15.4f} {row['rejected_held_out']:>9.1%}"
             for name, row in r["rules"].items()
         ],
-        f"rule: {r['rule']} >= {result['ood_threshold']:.4f} (keeps {r['kept_flowers']:.1%} of validation "
+        f"rule: {r['rule']} >= {result['ood_threshold']:.4f} (keeps {r['kept_flowers']:.1%} of held-out "
         f"flowers; {r['held_out_half']['kept_flowers']:.1%} when fitted on the other half)",
-        f"  held-out non-flower photos rejected: {r['non_flowers_rejected']} of {r['non_flowers']}, "
-        f"AUROC {r['auroc']:.4f}",
+        f"  held-out non-flower photos this model rejects: {r['non_flowers_rejected']} of {r['non_flowers']},"
+        f" AUROC {r['auroc']:.4f}",
         f"  top-1 of kept flowers {r['top1_of_kept']:.1%}, of rejected flowers "
         + (f"{r['top1_of_rejected']:.1%}" if r["top1_of_rejected"] is not None else "-"),
         f"  cost: {r['rule_microseconds']:.0f} us per photo on top of a "
@@ -435,11 +555,13 @@ def write_calibration(
     model_path: str | Path, result: dict[str, Any], statistics: dict[str, np.ndarray] | None = None
 ) -> Path:
     """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
-    and the rule's statistics in OOD_FILE beside it (a stale one is removed), leaving the rest as
-    it is; then load it back as prediction will, so nothing prediction would reject is left."""
+    its accuracy estimate under "estimate", and the rule's statistics in OOD_FILE beside it (a stale
+    one is removed), leaving the rest as it is; then load it back as prediction will, so nothing
+    prediction would reject is left."""
     path = model_files.metadata_path(model_path)
     metadata = model_files.read_metadata(model_path)
-    stored = {key: value for key, value in result.items() if key != "details" and value is not None}
+    skip = ("details", ESTIMATE_KEY)
+    stored = {key: value for key, value in result.items() if key not in skip and value is not None}
     stats_path = model_files.model_dir(model_path) / OOD_FILE
     if statistics:
         np.savez(stats_path, **{name: np.asarray(a, STATS_DTYPE) for name, a in statistics.items()})
@@ -447,6 +569,8 @@ def write_calibration(
     elif stats_path.exists():
         stats_path.unlink()
     metadata[CALIBRATION_KEY] = stored
+    if ESTIMATE_KEY in result:
+        metadata[ESTIMATE_KEY] = result[ESTIMATE_KEY]
     read_calibration(metadata, model_files.model_dir(model_path))  # refuse to write what prediction rejects
     path.write_text(json.dumps(metadata, indent=2) + "\n")
     return path
@@ -465,6 +589,13 @@ def main(argv: list[str] | None = None) -> int:
         "--engine", default=None, help="engine that computes the outputs: litert (default) or keras"
     )
     p.add_argument(
+        "--folds",
+        nargs="+",
+        metavar="RUN",
+        help="fit on these runs of the same recipe, each on the split it held out (pooled), instead of "
+        "on the model's own validation split: what a model trained on train + validation needs",
+    )
+    p.add_argument(
         "--photos", type=Path, default=OOD_PHOTOS, help="folder of non-flower photos with photos.csv"
     )
     p.add_argument("--dry-run", action="store_true", help="print the figures, leave the model folder alone")
@@ -475,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata = model_files.read_metadata(args.model)
         engine = core.open_engine(args.model, args.engine)  # raw outputs: no stored rule applied
         model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
+        num_classes = len(metadata["class_names"])
+        folds = [open_fold(run, args.engine, num_classes) for run in args.folds or []]
         result, statistics = calibrate(
             engine,
             metadata,
@@ -483,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rule,
             args.photos,
             log=lambda m: print(m, file=sys.stderr),
+            folds=folds,
         )
         written = None if args.dry_run else write_calibration(args.model, result, statistics)
     except FlowerDemoError as exc:

@@ -161,10 +161,32 @@ def test_about_reports_accuracy_and_limits(app: ModuleType) -> None:
     metadata = app.CLASSIFIER.metadata
     text = app.about(metadata, app.CLASSIFIER.class_names)
     assert "102" in text and "not a plant-safety tool" in text
-    if "validation_top1" in metadata.get("metrics", {}):
+    if "estimate" in metadata:
+        assert app.accuracy_text(metadata) in text
+    elif "validation_top1" in metadata.get("metrics", {}):
         assert f"{metadata['metrics']['validation_top1']:.1%}" in text
         chosen = metadata["metrics"].get("chosen_on_validation", True)
         assert ("expect a little less on new ones" in text) is chosen  # a figure chosen on is said so
+
+
+def test_about_states_the_recipe_estimate_of_a_final_model(app: ModuleType) -> None:
+    """A model trained on train + validation has no validation figure: About gives the estimate
+    calibrate --folds stored, with each fold, and says which figure was chosen on."""
+    fold = {"trained_on": "train", "scored_on": "validation", "images": 1020, "top1": 0.9312, "top5": 0.99}
+    other = {**fold, "trained_on": "validation", "scored_on": "train", "top1": 0.9101}
+    estimate = {"method": "2-fold", "top1": 0.92065, "top5": 0.99, "folds": [fold, other]}
+    metadata = {
+        "data": {"train_size": 2040, "validation_size": 0},
+        "metrics": {},
+        "estimate": {**estimate, "chosen_on_scored": False},
+    }
+    text = app.accuracy_text(metadata)
+    assert "about **92.1%**" in text and "2-fold estimate" in text
+    assert "scored 93.1% on the 1,020 validation photos" in text and "scored 91.0% on the 1,020 train" in text
+    assert "all 2,040 of those photos" in text and "expect a little less" not in text
+    chosen = app.accuracy_text({**metadata, "estimate": {**estimate, "chosen_on_scored": True}})
+    assert "expect a little less" in chosen
+    assert "No accuracy" in app.accuracy_text({"metrics": {}})
 
 
 def test_unknown_photo_is_said_to_be_none_of_the_species(app: ModuleType) -> None:

@@ -406,6 +406,66 @@ def test_calibrate_other_rule_dry_run_and_errors(
     assert "non-flower photos not found" in capsys.readouterr().err
 
 
+def recipe_run(model: Path, folder: Path, train_splits: str, val_split: str, fixed: bool) -> Path:
+    """A copy of `model` whose metadata says it is a run of train.py on these official splits."""
+    shutil.copytree(model, folder)
+    metadata = json.loads((folder / model_files.METADATA_FILE).read_text())
+    metadata.pop("calibration", None)
+    metadata["training"] = {"train_splits": train_splits, "val_split": val_split, "fixed_epochs": fixed}
+    metadata["metrics"] = {} if val_split == "none" else {"chosen_on_validation": not fixed}
+    (folder / model_files.METADATA_FILE).write_text(json.dumps(metadata))
+    (folder / model_files.OOD_FILE).unlink(missing_ok=True)
+    return folder
+
+
+def test_final_model_is_calibrated_out_of_fold_with_an_estimate(
+    flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
+) -> None:
+    """A model trained on train + validation has no held-out photos of its own: --folds fits its
+    temperature and threshold on runs that each held a split out, and stores their accuracies."""
+    pytest.importorskip("sklearn")
+    final = recipe_run(flowers102_model, tmp_path / "final", "train,validation", "none", True)
+    fold1 = recipe_run(flowers102_model, tmp_path / "fold1", "train", "validation", False)
+    fold2 = recipe_run(flowers102_model, tmp_path / "fold2", "validation", "train", True)
+    args = ["--model", str(final), "--data-dir", str(fake_flowers102)]
+    assert calibrate.main(args) == 1
+    assert "give --folds" in capsys.readouterr().err  # never fitted on its own training photos
+
+    assert calibrate.main([*args, "--folds", str(fold1), str(fold2)]) == 0
+    out = capsys.readouterr().out
+    metadata = json.loads((final / model_files.METADATA_FILE).read_text())
+    estimate, report = metadata["estimate"], metadata["calibration"]["report"]
+    assert estimate["method"] == "2-fold" and estimate["chosen_on_scored"] is True  # fold 1 chose
+    splits = {"fold1": ("train", "validation", 40, True), "fold2": ("validation", "train", 204, False)}
+    for fold in estimate["folds"]:
+        trained_on, scored_on, images, chosen = splits[Path(fold["model"]).name]
+        assert (fold["trained_on"], fold["scored_on"], fold["images"]) == (trained_on, scored_on, images)
+        assert fold["chosen_on_scored"] is chosen
+        # the fold's figure is its model's top-1 on the split it held out, as predict serves it
+        held_out = sorted((fake_flowers102 / "jpg").glob("*.jpg"))
+        held_out = held_out[204:] if scored_on == "validation" else held_out[:204]
+        classifier = Classifier(Path(fold["model"]))
+        answers = [p.class_ids[0] for p in predict_batch(held_out, classifier, top_k=1)]
+        truth = [c + 1 for c in data_labels(fake_flowers102, held_out)]
+        assert fold["top1"] == pytest.approx(np.mean(np.equal(answers, truth)))
+    assert estimate["top1"] == pytest.approx(np.mean([f["top1"] for f in estimate["folds"]]))
+    assert f"estimate (2-fold): top-1 {estimate['top1']:.4f}" in out
+    assert report["threshold_fitted_on"].startswith("out of fold: ") and report["validation_images"] == 244
+    assert report["statistics_fitted_on"] == "train+validation"
+    bank = np.load(final / model_files.OOD_FILE)["bank"]
+    assert bank.shape == (244, 1280)  # the final model's own features of every photo it trained on
+    stored = metadata["calibration"]["ood_threshold"]
+    assert Classifier(final).calibration.ood_threshold == pytest.approx(stored)
+
+
+def data_labels(folder: Path, photos: list[Path]) -> list[int]:
+    """0-based labels of Flowers-102 photos, from the folder's imagelabels.mat."""
+    from scipy.io import loadmat
+
+    labels = loadmat(folder / "imagelabels.mat")["labels"].ravel()
+    return [int(labels[int(p.stem.split("_")[1]) - 1]) - 1 for p in photos]
+
+
 # --- the non-flower photos ---------------------------------------------------------------------
 
 
