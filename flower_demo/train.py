@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="input size in pixels")
     p.add_argument(
+        "--serve-size",
+        type=int,
+        help="input size of the saved model (default: --image-size). Random zooms make flowers look "
+        "larger in training than in a plain photo; serving at a larger size makes up for it",
+    )
+    p.add_argument(
         "--views",
         type=int,
         default=DEFAULT_VIEWS,
@@ -643,6 +649,11 @@ def run(args: argparse.Namespace) -> Path:
     # Data and model first: a wrong path or name fails before anything is written.
     train, val = load_splits(args)
     size, names = args.image_size, train.class_names
+    serve_size = args.serve_size or size
+    if serve_size != size and args.backbone.startswith(models.HUB_PREFIX):
+        raise FlowerDemoError(
+            "--serve-size needs a keras.applications backbone; a TF-Hub module has its own size"
+        )
     weights = None if args.weights in ("none", "None", "") else args.weights
     model = models.create_model(args.backbone, len(names), size, weights, args.dropout)
     fine_tune_from = None
@@ -713,20 +724,23 @@ def run(args: argparse.Namespace) -> Path:
         )  # fmt: skip
         timings["stage2_seconds"] = round(time.time() - t0, 1)
 
-    if gpu:  # ship a float32 model: mixed precision is for training on the GPU only
+    if gpu or serve_size != size:  # the saved model: float32 (mixed precision is for training), at serve_size
         keras.mixed_precision.set_global_policy("float32")
-        final = models.create_model(args.backbone, len(names), size, None, args.dropout)
+        final = models.create_model(args.backbone, len(names), serve_size, None, args.dropout)
         final.set_weights(model.get_weights())
         model = final
     timings["total_seconds"] = round(time.time() - started, 1)
-    metrics = evaluate_model(models.compiled_forward(model), val_images, val.labels, size) if val else None
+    if val and serve_size != size:
+        val_images = data.decode_all(val.items, serve_size)
+    forward = models.compiled_forward(model)
+    metrics = evaluate_model(forward, val_images, val.labels, serve_size) if val else None
     if metrics:
         print(f"validation top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({timings})")
     else:
         print(f"trained on {len(train)} images with no validation split ({timings})")
     metadata = {
         "class_names": names,
-        "image_size": size,
+        "image_size": serve_size,
         "backbone": args.backbone,
         "backbone_weights": args.weights,
         "data": {

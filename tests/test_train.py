@@ -15,12 +15,14 @@ import pytest
 from helpers import flowers102_folder, make_class_tree, run_module
 from PIL import Image
 
-from flower_demo import model_files, models, train
+from flower_demo import data, model_files, models, train
 from flower_demo.core import Classifier, predict
+from flower_demo.evaluate import evaluate_model
 
 COLOURS = {"sun_flower": (240, 220, 30), "blue?bell": (30, 60, 220), "red rose": (220, 30, 40)}
 NAMES = ["bluebell", "red rose", "sun flower"]  # sorted by folder name, cleaned
 SIZE = 32
+SERVE_SIZE = 48  # --serve-size: the saved model's input, larger than the training one
 
 
 @pytest.fixture(scope="module")
@@ -399,19 +401,27 @@ def test_final_model_trains_on_the_union_for_fixed_epochs(tmp_path, mobilenet_we
 @pytest.mark.slow
 def test_second_fold_scores_without_choosing(tmp_path, mobilenet_weights):
     """Train on validation, score on train, with --fixed-epochs: the figure is an estimate (nothing
-    was chosen on the scored split), and the metadata says so."""
+    was chosen on the scored split), and the metadata says so. With --serve-size the saved model
+    (Keras and LiteRT) takes the larger size, and its figure is measured there."""
     data_dir = flowers102_folder(tmp_path / "flowers102")
     run_dir = tmp_path / "fold2"
     result = run_module(
         "flower_demo.train", "--data-dir", data_dir, "--weights", mobilenet_weights, "--image-size", SIZE,
-        "--views", "1", "--batch-size", "8", "--stage1-epochs", "4", "--stage2-epochs", "0",
-        "--patience", "1", "--train-splits", "validation", "--val-split", "train", "--fixed-epochs",
-        "--run-dir", run_dir,
+        "--serve-size", SERVE_SIZE, "--views", "1", "--batch-size", "8", "--stage1-epochs", "4",
+        "--stage2-epochs", "0", "--patience", "1", "--train-splits", "validation", "--val-split", "train",
+        "--fixed-epochs", "--run-dir", run_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metadata = json.loads((run_dir / "metadata.json").read_text())
     assert metadata["data"]["validation_size"] == 8 and metadata["metrics"]["chosen_on_validation"] is False
     assert len(json.loads((run_dir / "history.json").read_text())["stage1"]["loss"]) == 4
+    assert metadata["image_size"] == SERVE_SIZE and metadata["training"]["image_size"] == SIZE
+    for engine in ("litert", "keras"):
+        classifier = Classifier(run_dir, engine=engine)
+        assert classifier.image_size == SERVE_SIZE
+    train = data.load_oxford_folder(data_dir, "train")
+    served = evaluate_model(classifier.probabilities, train.items, train.labels, SERVE_SIZE)
+    assert served["top1"] == pytest.approx(metadata["metrics"]["validation_top1"])
 
 
 @pytest.mark.parametrize(
