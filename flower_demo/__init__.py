@@ -2,7 +2,7 @@
 
     import flower_demo
     flower_demo.predict("photo.jpg", top_k=5)     # a Prediction, from the shipped model
-    flower_demo.process_image("photo.jpg")        # the (224, 224, 3) float32 array the model takes
+    flower_demo.process_image("photo.jpg")        # the (256, 256, 3) float32 array the shipped model takes
 
 Where things live, from the bottom up (each file imports only files above it in this list):
 - errors.py    the one exception type users see, FlowerDemoError

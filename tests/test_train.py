@@ -318,7 +318,7 @@ def test_help_texts_and_defaults(monkeypatch):
 def test_quick_options_are_defaults_not_overrides():
     quick = train.parse_args(["--image-folder", "x", "--quick", "--views", "3"])
     assert (quick.stage2_epochs, quick.stage1_epochs, quick.views) == (0, 30, 3)
-    assert train.parse_args(["--image-folder", "x"]).stage2_epochs == 60
+    assert train.parse_args(["--image-folder", "x"]).stage2_epochs == 46
 
 
 def test_weight_average_warms_up():
