@@ -5,7 +5,9 @@
 
 Stage 1 trains the dense head on the frozen backbone. Stage 2 unfreezes the top of the backbone
 (from the registry's `fine_tune_from` layer up) at a low learning rate; BatchNorm layers stay
-frozen and in inference mode.
+frozen and in inference mode. `--fine-tune whole` unfreezes every layer instead (BatchNorm still
+frozen) and augments the photos afresh in every epoch: the usual way on a GPU, about N times
+the cached way's cost on a CPU (README, "The shipped model").
 
 Why it is fast on a CPU: the frozen bottom of the backbone is the expensive part, and its output
 does not change during training. So each training image is augmented `--views` times up front,
@@ -170,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="raise the learning rate linearly from 0 over a stage's first epochs",
+    )
+    p.add_argument(
+        "--fine-tune",
+        choices=("cached", "whole"),
+        default="cached",
+        help="stage 2: cached = the backbone's top (from --fine-tune-from up) on the cached views; "
+        "whole = every backbone layer but BatchNorm, on photos augmented afresh each epoch (slower)",
     )
     p.add_argument(
         "--fine-tune-from",
@@ -341,6 +350,7 @@ def head_model(input_shape: tuple, model, top=None):
 
 def unfreeze(top) -> int:
     """Make every layer of `top` trainable except BatchNorm; returns trainable weight count."""
+    top.trainable = True  # a frozen model hides its layers' weights, whatever their own flags say
     for layer in top.layers:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     return sum(int(np.prod(w.shape)) for w in top.trainable_weights)
@@ -373,6 +383,13 @@ class RandomViews(keras.utils.PyDataset):
             x = lam_x * x + (1 - lam_x) * x[pair]
             y = lam[:, None] * y + (1 - lam[:, None]) * y[pair]
         return x, y
+
+
+def augmented_model(model: keras.Model, augmenter: keras.Model) -> keras.Model:
+    """pixels -> `augmenter` (active in training only) -> `model`, for `--fine-tune whole`;
+    shares every layer with `model`, so training it trains the model that is saved."""
+    inputs = keras.Input(model.input_shape[1:])
+    return keras.Model(inputs, model(augmenter(inputs)))
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -655,9 +672,14 @@ def run(args: argparse.Namespace) -> Path:
             "--serve-size needs a keras.applications backbone; a TF-Hub module has its own size"
         )
     weights = None if args.weights in ("none", "None", "") else args.weights
+    whole = args.fine_tune == "whole" and args.stage2_epochs > 0
+    if whole and args.backbone.startswith(models.HUB_PREFIX):
+        raise FlowerDemoError(
+            "--fine-tune whole needs a keras.applications backbone; a TF-Hub module stays frozen"
+        )
     model = models.create_model(args.backbone, len(names), size, weights, args.dropout)
-    fine_tune_from = None
-    if args.stage2_epochs > 0 and not args.backbone.startswith(models.HUB_PREFIX):
+    fine_tune_from = None  # with --fine-tune whole, stage 1 caches the whole frozen backbone's features
+    if args.stage2_epochs > 0 and not whole and not args.backbone.startswith(models.HUB_PREFIX):
         fine_tune_from = args.fine_tune_from or models.BACKBONES[args.backbone].fine_tune_from
 
     bottom, top = split_model(model, args.backbone, fine_tune_from)
@@ -676,7 +698,8 @@ def run(args: argparse.Namespace) -> Path:
     ).hexdigest()  # fmt: skip
     cache = run_dir / "cache"
 
-    steps = activation_steps(bottom, data.make_augmenter(args.seed))
+    augmenter = data.make_augmenter(args.seed)
+    steps = activation_steps(bottom, augmenter)
 
     print("decoding images into memory")
     train_images = cached(cache / "train_images.npy", key, lambda: data.decode_all(train.items, size))
@@ -721,6 +744,14 @@ def run(args: argparse.Namespace) -> Path:
         history["stage2"] = fit_stage(
             "stage2", stage2, train_acts, train.labels, val_acts, val_labels,
             args.stage2_epochs, args.stage2_lr, args, run_dir,
+        )  # fmt: skip
+        timings["stage2_seconds"] = round(time.time() - t0, 1)
+    elif whole:  # every backbone layer and the head, on photos augmented afresh each epoch
+        t0 = time.time()
+        print(f"stage 2: fine-tuning all {unfreeze(models.backbone_of(model)):,} backbone weights")
+        history["stage2"] = fit_stage(
+            "stage2", augmented_model(model, augmenter), train_images[None], train.labels,
+            val_images, val_labels, args.stage2_epochs, args.stage2_lr, args, run_dir,
         )  # fmt: skip
         timings["stage2_seconds"] = round(time.time() - t0, 1)
 

@@ -103,13 +103,12 @@ def test_trained_model_reloads_and_predicts(trained_run, image_tree):
         assert metrics["top1"] == pytest.approx(saved["validation_top1"])
 
 
-def test_stage2_keeps_batchnorm_and_tunes_the_top(trained_run, mobilenet_weights):
-    """BatchNorm stays frozen (weights and moving statistics) through fine-tuning; the convolutions
-    above the cut change; those below it do not."""
-    _, run_dir, _ = trained_run
+def kernel_changes(run_dir: Path, weights: Path) -> tuple[list[float], list[float]]:
+    """How far stage 2 moved the backbone's convolution kernels, (below the registry's cut, above
+    it); asserts first that BatchNorm stayed frozen (weights and moving statistics)."""
     model, _ = models.load_model(run_dir)
     tuned = models.backbone_of(model)
-    start = models.create_backbone("mobilenet_v2", SIZE, str(mobilenet_weights))  # what training began with
+    start = models.create_backbone("mobilenet_v2", SIZE, str(weights))  # what training began with
     cut = [layer.name for layer in tuned.layers].index(models.BACKBONES["mobilenet_v2"].fine_tune_from)
 
     norms = [layer for layer in tuned.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -120,15 +119,49 @@ def test_stage2_keeps_batchnorm_and_tunes_the_top(trained_run, mobilenet_weights
     assert np.abs(np.asarray(norms[-1].moving_variance) - 1).max() > 0.01  # calibrated, not default
 
     convs = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-    below = [layer for layer in tuned.layers[:cut] if isinstance(layer, convs)]
-    above = [layer for layer in tuned.layers[cut:] if isinstance(layer, convs)]
+    change = lambda layer: float(
+        np.abs(np.asarray(layer.kernel) - np.asarray(start.get_layer(layer.name).kernel)).max()
+    )
+    below = [change(layer) for layer in tuned.layers[:cut] if isinstance(layer, convs)]
+    above = [change(layer) for layer in tuned.layers[cut:] if isinstance(layer, convs)]
     assert below and above
-    initial = {layer.name: np.asarray(start.get_layer(layer.name).kernel) for layer in below + above}
-    for layer in below:
-        np.testing.assert_array_equal(np.asarray(layer.kernel), initial[layer.name])
-    changes = {layer.name: np.abs(np.asarray(layer.kernel) - initial[layer.name]).max() for layer in above}
-    # AdamW's weight decay alone moves a kernel by ~lr * 1e-4 * |w| < 1e-8; gradient steps by ~lr = 1e-4
-    assert min(changes.values()) > 1e-5, changes
+    return below, above
+
+
+# AdamW's weight decay alone moves a kernel by ~lr * 1e-4 * |w| < 1e-8; gradient steps by ~lr = 1e-4
+MOVED = 1e-5
+
+
+def test_stage2_keeps_batchnorm_and_tunes_the_top(trained_run, mobilenet_weights):
+    """BatchNorm stays frozen through fine-tuning; the convolutions above the cut change; those
+    below it do not."""
+    below, above = kernel_changes(trained_run[1], mobilenet_weights)
+    assert max(below) == 0.0
+    assert min(above) > MOVED, above
+
+
+@pytest.mark.slow
+def test_whole_fine_tune_trains_every_layer_but_batchnorm(tmp_path, image_tree, mobilenet_weights):
+    """`--fine-tune whole`, run as users run it: every convolution changes (the stem too), BatchNorm
+    stays frozen, stage 2 runs on photos augmented afresh (no cached cut), and the model serves."""
+    run_dir = tmp_path / "whole"
+    args = train_args(image_tree, mobilenet_weights, run_dir, 1, 2)
+    result = run_module("flower_demo.train", *args, "--fine-tune", "whole", "--keep-cache")
+    assert result.returncode == 0, result.stderr
+    assert "stage 2: fine-tuning all" in result.stdout
+    below, above = kernel_changes(run_dir, mobilenet_weights)
+    assert min(below + above) > MOVED, (below, above)
+    assert len(json.loads((run_dir / "history.json").read_text())["stage2"]["loss"]) == 2
+    cached = np.load(run_dir / "cache" / "train_acts.npy", mmap_mode="r")
+    assert cached.shape[2:] == (1280,)  # stage 1 cached the pooled features, not a cut's activations
+    assert predict(next(image_tree.rglob("*.png")), Classifier(run_dir)).class_names[0] in NAMES
+
+
+def test_whole_fine_tune_needs_a_keras_backbone(tmp_path, image_tree, capsys):
+    args = ["--image-folder", str(image_tree), "--backbone", "hub:/nowhere", "--fine-tune", "whole"]
+    assert train.main([*args, "--run-dir", str(tmp_path / "run")]) == 1
+    assert "needs a keras.applications backbone" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_needs_an_existing_run_dir(tmp_path, image_tree, mobilenet_weights, capsys):
