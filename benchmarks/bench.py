@@ -498,7 +498,7 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     for step in steps:  # trace both
         step(images[: train.CACHE_BATCH].astype("float32"))
     start = time.perf_counter()
-    acts = train.cache_activations(bottom, steps, images, TRAIN_VIEWS, progress=False)
+    acts, _ = train.cache_activations(bottom, steps, images, TRAIN_VIEWS, progress=False)
     cache_s = time.perf_counter() - start
     pooled = np.stack([train.pooled_features(top, view) for view in acts])
 

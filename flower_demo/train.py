@@ -9,6 +9,11 @@ frozen and in inference mode. `--fine-tune whole` unfreezes every layer instead 
 frozen) and augments the photos afresh in every epoch: the usual way on a GPU, about N times
 the cached way's cost on a CPU (README, "The shipped model").
 
+Distillation: `--teachers RUN ...` averages the probabilities of other trained runs on each cached
+view (the same augmented pixels the student's activations come from) and blends them, by
+`--distill`, into the labels the student trains on in both stages: several models' knowledge in
+the one small model that ships.
+
 Why it is fast on a CPU: the frozen bottom of the backbone is the expensive part, and its output
 does not change during training. So each training image is augmented `--views` times up front,
 the bottom runs once per view, and both stages train on those cached activations; each epoch
@@ -181,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
         "whole = every backbone layer but BatchNorm, on photos augmented afresh each epoch (slower)",
     )
     p.add_argument(
+        "--teachers",
+        nargs="+",
+        metavar="RUN",
+        help="distil these trained model folders (same classes and input size): their averaged "
+        "probabilities on each cached view become soft targets (needs --fine-tune cached)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.5,
+        help="with --teachers: the soft targets' weight; the labels get the rest (1 = teachers only)",
+    )
+    p.add_argument(
         "--fine-tune-from",
         help="layer whose output feeds the fine-tuned part (default: the backbone registry's)",
     )
@@ -312,11 +330,31 @@ def cached(path: Path, key: str, compute) -> np.ndarray:
     key_file = path.with_suffix(".key")
     if path.exists() and key_file.exists() and key_file.read_text() == key:
         return np.load(path, mmap_mode="r")
-    array = compute()
+    return save_cached(path, key, compute())
+
+
+def save_cached(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+    """Save `array` where `cached` finds it (the key last: a half-written file is never reused)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, array)
-    key_file.write_text(key)
+    path.with_suffix(".key").write_text(key)
     return array
+
+
+def load_teachers(paths: list[str], class_names: list[str], image_size: int) -> Callable:
+    """pixels -> the teachers' averaged probabilities, after checking that each teacher knows the
+    same classes, in the same order, at the same input size as the run."""
+    forwards = []
+    for path in paths:
+        teacher, metadata = models.load_model(path)
+        if metadata["class_names"] != class_names:
+            raise FlowerDemoError(f"teacher {path} knows other classes than the training data")
+        if int(teacher.input_shape[1]) != image_size:
+            raise FlowerDemoError(
+                f"teacher {path} takes {teacher.input_shape[1]} px, this run {image_size} px"
+            )
+        forwards.append(models.compiled_forward(teacher))
+    return lambda pixels: np.mean([np.asarray(forward(pixels)) for forward in forwards], axis=0)
 
 
 # --- model pieces ----------------------------------------------------------------------------
@@ -357,7 +395,8 @@ def unfreeze(top) -> int:
 
 
 class RandomViews(keras.utils.PyDataset):
-    """Batches from (views, n, ...) cached arrays: one random view of each image per epoch."""
+    """Batches from (views, n, ...) cached arrays: one random view of each image per epoch.
+    `labels` are (n, classes), or (views, n, classes) when each view has its own (distillation)."""
 
     def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, mixup: float = 0.0):
         super().__init__()
@@ -375,7 +414,7 @@ class RandomViews(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         x = np.stack([self.views[v, r] for v, r in zip(self.choice[rows], rows)]).astype("float32")
-        y = self.labels[rows]
+        y = self.labels[self.choice[rows], rows] if self.labels.ndim == 3 else self.labels[rows]
         if self.mixup > 0:  # mixup of cached activations ("manifold mixup"): blend pairs and labels
             lam = self.rng.beta(self.mixup, self.mixup, size=len(rows)).astype("float32")
             pair = self.rng.permutation(len(rows))
@@ -424,17 +463,16 @@ def learning_rate(
 
 
 def activation_steps(bottom: keras.Model, augmenter: keras.Model) -> tuple[Callable, Callable]:
-    """(plain, augmented): a float32 pixel batch -> `bottom`'s activations, as one compiled step."""
+    """(augment, forward): a float32 pixel batch -> augmented pixels, and pixels -> `bottom`'s
+    activations, each one compiled step (apart, so that teachers see the same augmented pixels)."""
     if keras.config.backend() == "tensorflow":  # one traced graph per step, not op by op
         import tensorflow as tf
 
-        plain = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
-        augmented = tf.function(
-            lambda batch: bottom(augmenter(batch, training=True), training=False), autograph=False
-        )
-        return plain, augmented
+        augment = tf.function(lambda batch: augmenter(batch, training=True), autograph=False)
+        forward = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
+        return augment, forward
     # other Keras backends (e.g. JAX on a GPU): Keras compiles predict_on_batch
-    return bottom.predict_on_batch, lambda batch: bottom.predict_on_batch(augmenter(batch, training=True))
+    return lambda batch: augmenter(batch, training=True), bottom.predict_on_batch
 
 
 def cache_activations(
@@ -443,10 +481,13 @@ def cache_activations(
     images: np.ndarray,
     n_views: int,
     progress: bool = True,
-) -> np.ndarray:
-    """(n_views, n, ...) float16 activations of `images`: view 0 plain, the others augmented."""
-    plain, augmented = steps
+    teacher: Callable | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n_views, n, ...) float16 activations of `images`, view 0 plain, the others augmented; and
+    with a `teacher` (load_teachers), its (n_views, n, classes) probabilities of the same views."""
+    augment, forward = steps
     out = np.empty((n_views, len(images), *bottom.output_shape[1:]), dtype="float16")
+    soft = None
     total = n_views * len(images)
     bar = (
         keras.utils.Progbar(total, unit_name="image", verbose=models.progress_verbosity())
@@ -454,13 +495,18 @@ def cache_activations(
         else None
     )
     for v in range(n_views):
-        step = augmented if v > 0 else plain
         for i in range(0, len(images), CACHE_BATCH):
             batch = images[i : i + CACHE_BATCH].astype("float32")
-            out[v, i : i + len(batch)] = np.asarray(step(batch))
+            pixels = augment(batch) if v > 0 else batch
+            out[v, i : i + len(batch)] = np.asarray(forward(pixels))
+            if teacher is not None:
+                probabilities = teacher(pixels)
+                if soft is None:
+                    soft = np.empty((n_views, len(images), probabilities.shape[-1]), dtype="float16")
+                soft[v, i : i + len(batch)] = probabilities
             if bar:
                 bar.add(len(batch))
-    return out
+    return out, soft
 
 
 def pooled_features(top: keras.Model, acts: np.ndarray) -> np.ndarray:
@@ -513,9 +559,12 @@ def fit_stage(
     lr: float,
     args: argparse.Namespace,
     run_dir: Path,
+    soft: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
     """Train one stage with per-epoch checkpoints, resume and early stopping; keep the best.
     With no validation data, or --fixed-epochs, run every epoch and keep the last weights.
+    With `soft` (the teachers' probabilities of each view), each view's target is the labels
+    blended with them by --distill.
 
     Returns the stage's per-epoch metrics, epochs from before an interruption included.
     """
@@ -538,7 +587,10 @@ def fit_stage(
     if steps < SHORT_STAGE_STEPS:
         off = "; mixup off, it needs longer to pay off" if args.mixup else ""
         print(f"{stage}: only {steps} training steps, expect a weak model (--quick: 480 on Flowers-102){off}")
-    views = RandomViews(train_views, one_hot[train_labels], args.batch_size, args.seed, mixup)
+    targets = one_hot[train_labels]
+    if soft is not None:
+        targets = (1 - args.distill) * targets[None] + args.distill * np.asarray(soft, "float32")
+    views = RandomViews(train_views, targets, args.batch_size, args.seed, mixup)
     compile_stage(trainable, lr, epochs, len(views), args)
     # With EMA, validation and the best checkpoint use the averaged weights.
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []
@@ -677,6 +729,9 @@ def run(args: argparse.Namespace) -> Path:
         raise FlowerDemoError(
             "--fine-tune whole needs a keras.applications backbone; a TF-Hub module stays frozen"
         )
+    if whole and args.teachers:
+        raise FlowerDemoError("--teachers needs --fine-tune cached: the soft targets are cached per view")
+    teacher = load_teachers(args.teachers, names, size) if args.teachers else None
     model = models.create_model(args.backbone, len(names), size, weights, args.dropout)
     fine_tune_from = None  # with --fine-tune whole, stage 1 caches the whole frozen backbone's features
     if args.stage2_epochs > 0 and not whole and not args.backbone.startswith(models.HUB_PREFIX):
@@ -694,7 +749,7 @@ def run(args: argparse.Namespace) -> Path:
     # Everything the cached arrays depend on, so a changed setting never reuses a stale cache.
     key = hashlib.sha256(
         json.dumps([args.backbone, args.weights, size, fine_tune_from, args.views, args.seed,
-                    train.source, val and val.source, len(train), len(val or [])]).encode()
+                    train.source, val and val.source, len(train), len(val or []), args.teachers]).encode()
     ).hexdigest()  # fmt: skip
     cache = run_dir / "cache"
 
@@ -707,11 +762,17 @@ def run(args: argparse.Namespace) -> Path:
         cached(cache / "val_images.npy", key, lambda: data.decode_all(val.items, size)) if val else None
     )
     print(f"computing frozen activations of {args.views} views per training image")
-    train_acts = cached(
-        cache / "train_acts.npy", key, lambda: cache_activations(bottom, steps, train_images, args.views)
-    )
+
+    def train_views() -> np.ndarray:  # the teachers' soft targets are saved first, beside the views
+        acts, soft = cache_activations(bottom, steps, train_images, args.views, teacher=teacher)
+        if soft is not None:
+            save_cached(cache / "train_soft.npy", key, soft)
+        return acts
+
+    train_acts = cached(cache / "train_acts.npy", key, train_views)
+    train_soft = np.load(cache / "train_soft.npy", mmap_mode="r") if teacher else None
     val_acts = (
-        cached(cache / "val_acts.npy", key, lambda: cache_activations(bottom, steps, val_images, 1))[0]
+        cached(cache / "val_acts.npy", key, lambda: cache_activations(bottom, steps, val_images, 1)[0])[0]
         if val
         else None
     )
@@ -732,7 +793,7 @@ def run(args: argparse.Namespace) -> Path:
     stage1 = head_model(train_feats.shape[2:], model)
     history["stage1"] = fit_stage(
         "stage1", stage1, train_feats, train.labels, val_feats, val_labels,
-        args.stage1_epochs, args.stage1_lr, args, run_dir,
+        args.stage1_epochs, args.stage1_lr, args, run_dir, train_soft,
     )  # fmt: skip
     timings["stage1_seconds"] = round(time.time() - t0, 1)
 
@@ -743,7 +804,7 @@ def run(args: argparse.Namespace) -> Path:
         stage2 = head_model(train_acts.shape[2:], model, top)
         history["stage2"] = fit_stage(
             "stage2", stage2, train_acts, train.labels, val_acts, val_labels,
-            args.stage2_epochs, args.stage2_lr, args, run_dir,
+            args.stage2_epochs, args.stage2_lr, args, run_dir, train_soft,
         )  # fmt: skip
         timings["stage2_seconds"] = round(time.time() - t0, 1)
     elif whole:  # every backbone layer and the head, on photos augmented afresh each epoch

@@ -164,6 +164,54 @@ def test_whole_fine_tune_needs_a_keras_backbone(tmp_path, image_tree, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture(scope="module")
+def bluebell_teacher(tmp_path_factory, mobilenet_weights) -> Path:
+    """A teacher with a known answer: "bluebell" at about 99.9% for every photo (zero kernel, biased
+    classifier), so a student that learns from it, and not from its labels, is easy to tell."""
+    teacher = models.create_model("mobilenet_v2", len(NAMES), SIZE, str(mobilenet_weights))
+    kernel, bias = teacher.get_layer("classifier").get_weights()
+    teacher.get_layer("classifier").set_weights([np.zeros_like(kernel), np.array([8.0, 0.0, 0.0])])
+    folder = tmp_path_factory.mktemp("teacher")
+    models.save_model(teacher, folder, {"class_names": NAMES, "image_size": SIZE, "backbone": "mobilenet_v2"})
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distill", [1.0, 0.0])
+def test_distillation_learns_the_teachers_answers(
+    tmp_path, bluebell_teacher, image_tree, mobilenet_weights, distill
+):
+    """--teachers RUN: the cached soft targets are the teacher's probabilities of the very views the
+    student trains on; with --distill 1 the student learns the teacher's answer (bluebell for every
+    photo), with --distill 0 its labels (three classes)."""
+    run_dir = tmp_path / "student"
+    args = train_args(image_tree, mobilenet_weights, run_dir, 60, 1)
+    extra = ["--stage1-lr", "0.01", "--teachers", bluebell_teacher, "--distill", distill, "--keep-cache"]
+    result = run_module("flower_demo.train", *args, *extra)
+    assert result.returncode == 0, result.stderr
+
+    soft = np.load(run_dir / "cache" / "train_soft.npy").astype("float32")
+    assert soft.shape[::2] == (2, len(NAMES))  # --views 2: the photo and one augmented copy
+    np.testing.assert_allclose(soft[..., 0], 0.9993, atol=1e-3)  # softmax([8, 0, 0])
+
+    photos = sorted(image_tree.rglob("*.png"))
+    said = [predict(p, Classifier(run_dir)).class_names[0] for p in photos]
+    if distill:  # a student of its labels would say bluebell for a third of them
+        assert said.count("bluebell") >= 0.9 * len(photos), said
+    else:
+        assert len(set(said)) > 1, said
+
+
+def test_teachers_must_fit_the_run(tmp_path, bluebell_teacher, image_tree, mobilenet_weights, capsys):
+    args = train_args(image_tree, mobilenet_weights, tmp_path / "run", 1, 0)
+    assert train.main([*args, "--image-size", "48", "--teachers", str(bluebell_teacher)]) == 1
+    assert "takes 32 px, this run 48 px" in capsys.readouterr().err
+    whole = ["--stage2-epochs", "1", "--fine-tune", "whole"]
+    assert train.main([*args, *whole, "--teachers", str(bluebell_teacher)]) == 1
+    assert "--teachers needs --fine-tune cached" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_needs_an_existing_run_dir(tmp_path, image_tree, mobilenet_weights, capsys):
     args = train_args(image_tree, mobilenet_weights, tmp_path / "absent", 1, 1)
     assert train.main([*args, "--resume"]) == 1
