@@ -6,8 +6,8 @@
 Stage 1 trains the dense head on the frozen backbone. Stage 2 unfreezes the top of the backbone
 (from the registry's `fine_tune_from` layer up) at a low learning rate; BatchNorm layers stay
 frozen and in inference mode. `--fine-tune whole` unfreezes every layer instead (BatchNorm still
-frozen) and augments the photos afresh in every epoch: the usual way on a GPU, about N times
-the cached way's cost on a CPU (README, "The shipped model").
+frozen) and augments the photos afresh in every epoch: the usual way on a GPU; on a 2-core CPU
+about three times the cached way's CPU time, for no gain on Flowers-102 (README, "The shipped model").
 
 Distillation: `--teachers RUN ...` averages the probabilities of other trained runs on each cached
 view (the same augmented pixels the student's activations come from) and blends them, by
