@@ -164,16 +164,28 @@ def test_whole_fine_tune_needs_a_keras_backbone(tmp_path, image_tree, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
-def bluebell_teacher(tmp_path_factory, mobilenet_weights) -> Path:
-    """A teacher with a known answer: "bluebell" at about 99.9% for every photo (zero kernel, biased
-    classifier), so a student that learns from it, and not from its labels, is easy to tell."""
-    teacher = models.create_model("mobilenet_v2", len(NAMES), SIZE, str(mobilenet_weights))
-    kernel, bias = teacher.get_layer("classifier").get_weights()
-    teacher.get_layer("classifier").set_weights([np.zeros_like(kernel), np.array([8.0, 0.0, 0.0])])
-    folder = tmp_path_factory.mktemp("teacher")
+def constant_teacher(folder: Path, weights: Path, answer: int) -> Path:
+    """A teacher with a known answer: class `answer` at about 99.9% for every photo (zero kernel,
+    biased classifier), so a student that learns from it, and not from its labels, is easy to tell."""
+    teacher = models.create_model("mobilenet_v2", len(NAMES), SIZE, str(weights))
+    kernel, _ = teacher.get_layer("classifier").get_weights()
+    bias = np.zeros(len(NAMES), "float32")
+    bias[answer] = 8.0
+    teacher.get_layer("classifier").set_weights([np.zeros_like(kernel), bias])
     models.save_model(teacher, folder, {"class_names": NAMES, "image_size": SIZE, "backbone": "mobilenet_v2"})
     return folder
+
+
+@pytest.fixture(scope="module")
+def bluebell_teacher(tmp_path_factory, mobilenet_weights) -> Path:
+    return constant_teacher(tmp_path_factory.mktemp("bluebell"), mobilenet_weights, NAMES.index("bluebell"))
+
+
+def test_teachers_are_averaged(tmp_path, bluebell_teacher, mobilenet_weights):
+    rose = constant_teacher(tmp_path / "rose", mobilenet_weights, NAMES.index("red rose"))
+    teach = train.load_teachers([str(bluebell_teacher), str(rose)], NAMES, SIZE)
+    probabilities = teach(np.zeros((2, SIZE, SIZE, 3), "float32"))
+    np.testing.assert_allclose(probabilities, [[0.4997, 0.4997, 0.0007]] * 2, atol=1e-3)
 
 
 @pytest.mark.slow
