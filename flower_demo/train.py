@@ -401,15 +401,16 @@ class RandomViews(keras.utils.PyDataset):
     def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, mixup: float = 0.0):
         super().__init__()
         self.views, self.labels, self.batch_size, self.mixup = views, labels, batch_size, mixup
+        self.images = views.shape[1]
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return -(-self.images // self.batch_size)
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.labels))
-        self.choice = self.rng.integers(0, len(self.views), len(self.labels))
+        self.order = self.rng.permutation(self.images)
+        self.choice = self.rng.integers(0, len(self.views), self.images)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])

@@ -181,6 +181,24 @@ def bluebell_teacher(tmp_path_factory, mobilenet_weights) -> Path:
     return constant_teacher(tmp_path_factory.mktemp("bluebell"), mobilenet_weights, NAMES.index("bluebell"))
 
 
+@pytest.mark.parametrize("per_view", [False, True])
+def test_random_views_cover_every_image_once_an_epoch(per_view):
+    """One view of each image per epoch, in batches, whether the targets are per image or per view
+    (distillation: (views, n, classes)); each row's target is its own view's."""
+    views, n, classes = 3, 20, 4
+    acts = np.arange(views * n, dtype="float32").reshape(views, n, 1)  # the value says (view, image)
+    targets = np.stack([np.eye(classes)[np.arange(n) % classes] * (v + 1) for v in range(views)])
+    batches = train.RandomViews(acts, targets if per_view else targets[0], batch_size=8, seed=0)
+    assert len(batches) == 3
+    rows = [batches[i] for i in range(len(batches))]
+    seen = np.concatenate([x[:, 0] for x, _ in rows]).astype(int)
+    assert sorted(seen % n) == list(range(n))  # every image once
+    for x, y in rows:
+        view, image = np.divmod(x[:, 0].astype(int), n)
+        expected = targets[view, image] if per_view else targets[0, image]
+        np.testing.assert_array_equal(y, expected)
+
+
 def test_teachers_are_averaged(tmp_path, bluebell_teacher, mobilenet_weights):
     rose = constant_teacher(tmp_path / "rose", mobilenet_weights, NAMES.index("red rose"))
     teach = train.load_teachers([str(bluebell_teacher), str(rose)], NAMES, SIZE)
