@@ -732,6 +732,8 @@ def run(args: argparse.Namespace) -> Path:
         )
     if whole and args.teachers:
         raise FlowerDemoError("--teachers needs --fine-tune cached: the soft targets are cached per view")
+    if args.teachers and not 0 <= args.distill <= 1:
+        raise FlowerDemoError(f"--distill must be between 0 and 1, not {args.distill}")
     teacher = load_teachers(args.teachers, names, size) if args.teachers else None
     model = models.create_model(args.backbone, len(names), size, weights, args.dropout)
     fine_tune_from = None  # with --fine-tune whole, stage 1 caches the whole frozen backbone's features

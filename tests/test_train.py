@@ -239,6 +239,8 @@ def test_teachers_must_fit_the_run(tmp_path, bluebell_teacher, image_tree, mobil
     whole = ["--stage2-epochs", "1", "--fine-tune", "whole"]
     assert train.main([*args, *whole, "--teachers", str(bluebell_teacher)]) == 1
     assert "--teachers needs --fine-tune cached" in capsys.readouterr().err
+    assert train.main([*args, "--distill", "1.5", "--teachers", str(bluebell_teacher)]) == 1
+    assert "--distill must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
