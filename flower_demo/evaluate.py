@@ -2,6 +2,8 @@
 
     python -m flower_demo.evaluate --model weights --data-dir DATA_DIR --split validation --json
 
+Several `--model`s are measured as one ensemble: their served probabilities averaged, each model
+at its own input size. That is the figure an ensemble teacher gives `train --teachers`.
 It runs through the serving core (core.Classifier), so it measures exactly what `predict` and
 the app serve: the same decoding (flower_demo.images), the same engine (LiteRT by default,
 `--engine keras` for the Keras model) and the served, calibrated probabilities. Images are
@@ -65,6 +67,19 @@ def evaluate_model(
     return metrics_from(predict_probabilities(run, images, image_size), np.asarray(labels))
 
 
+def ensemble_probabilities(classifiers: Sequence[core.Classifier], images: Sequence[ImageLike]) -> np.ndarray:
+    """The classifiers' served probabilities averaged over `images`, each decoded at its model's
+    input size; they must name the same classes in the same order."""
+    names = classifiers[0].metadata["class_names"]
+    for other in classifiers[1:]:
+        if other.metadata["class_names"] != names:
+            raise FlowerDemoError(
+                f"the models name different classes: {classifiers[0].engine.path} and {other.engine.path}"
+            )
+    outputs = [predict_probabilities(c.probabilities, images, c.image_size) for c in classifiers]
+    return np.mean(outputs, axis=0)
+
+
 def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Accuracy of each class (NaN for a class with no images)."""
     correct = np.bincount(labels, weights=predicted == labels, minlength=num_classes)
@@ -97,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
-        default=str(model_files.SHIPPED_MODEL_DIR),
-        help="model folder, model.keras or .tflite file (default: weights/)",
+        nargs="+",
+        default=[str(model_files.SHIPPED_MODEL_DIR)],
+        help="model folder, model.keras or .tflite file (default: weights/); several are "
+        "measured as one ensemble (their probabilities averaged)",
     )
     p.add_argument(
         "--engine",
@@ -129,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.report:
             report.check_out_dir(args.report)
-        classifier = core.Classifier(args.model, engine=args.engine)
-        metadata = classifier.metadata
+        classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
+        metadata = classifiers[0].metadata
         if args.data_dir:
             split = data.load_oxford_folder(args.data_dir, args.split)
         elif args.tfds:
@@ -141,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FlowerDemoError(
                 f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
             )
-        result = evaluate_model(classifier.probabilities, split.items, split.labels, classifier.image_size)
+        probabilities = ensemble_probabilities(classifiers, split.items)
+        result = metrics_from(probabilities, np.asarray(split.labels))
         if args.report:  # the probabilities users are served (temperature-scaled if calibrated)
-            title = f"Evaluation report: model {Path(args.model).name}"
+            title = f"Evaluation report: model {' + '.join(Path(m).name for m in args.model)}"
             page = report.write_report(
                 args.report,
                 result["probabilities"],
