@@ -183,14 +183,27 @@ def accuracy_text(metadata: dict[str, Any]) -> str:
         folds = "; ".join(
             f"trained on {fold['trained_on']}, scored {fold['top1']:.1%} on the {fold['images']:,} "
             f"{fold['scored_on']} photos"
+            + (" the recipe was picked on" if fold.get("recipe_chosen_on_scored") else "")
             for fold in estimate["folds"]
         )
+        clean = estimate.get("unchosen")  # the folds no choice saw, when the recipe was picked on one
+        headline = clean or estimate
         text = (
-            f"Expect its top-1 answer to be right for about **{estimate['top1']:.1%}** of photos like "
-            f"these, and the right species in its top 5 for {estimate['top5']:.1%}: the {estimate['method']} "
-            f"estimate of its training recipe on photos the recipe's models never trained on ({folds})."
+            f"Expect its top-1 answer to be right for about **{headline['top1']:.1%}** of photos like "
+            f"these, and the right species in its top 5 for {headline['top5']:.1%}: "
         )
-        if estimate.get("chosen_on_scored"):
+        if clean:
+            text += (
+                "its training recipe's score on photos its models never trained on and no choice was "
+                f"made on. Over all folds ({folds}) the {estimate['method']} figure is "
+                f"{estimate['top1']:.1%}, but the recipe was picked on one of them, so it leans optimistic."
+            )
+        else:
+            text += (
+                f"the {estimate['method']} estimate of its training recipe on photos the recipe's models "
+                f"never trained on ({folds})."
+            )
+        if estimate.get("chosen_on_scored") and not clean:
             text += " A fold's best epoch was chosen on its scored photos, so expect a little less."
         trained_on = metadata.get("data", {}).get("train_size")
         if not metadata.get("data", {}).get("validation_size") and trained_on:

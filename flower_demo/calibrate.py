@@ -9,7 +9,8 @@ validation split. A model trained on train + validation (the final one) has none
 validation; train on validation, score on train): each is scored on its held-out split and the
 results are pooled (out-of-fold). Their accuracies are the recipe's estimate, stored under
 "estimate" in metadata.json: a figure from photos no choice was made on, unless a fold's epoch
-was chosen on them (the fold says so).
+was chosen on them (the fold says so) or the recipe itself was picked on a fold's score
+(`--recipe-chosen-on RUN` says which; the estimate then also gives the other folds' figure alone).
 
 It fits a temperature T (softmax(log p / T) minimises the negative log-likelihood) and measures
 the expected calibration error (ECE, 15 equal-width bins) before and after. Then it compares four
@@ -309,6 +310,7 @@ class Fold:
     trained_on: list[str]
     scored_on: str
     chosen_on_scored: bool  # early stopping picked its epoch on the scored split
+    recipe_chosen_on_scored: bool = False  # the recipe was picked by comparing scores on that split
 
 
 def trained_splits(metadata: dict[str, Any]) -> list[str]:
@@ -337,6 +339,16 @@ def open_fold(model_path: str | Path, engine_name: str | None, num_classes: int)
     if engine.num_classes != num_classes:
         raise FlowerDemoError(f"fold {model_path} has {engine.num_classes} classes, the model {num_classes}")
     return fold_of(model_path, engine, metadata)
+
+
+def mark_recipe_choice(folds: list[Fold], run: str | Path) -> None:
+    """Mark the fold whose scored photos the recipe was picked on, so its figure is not passed off
+    as an estimate; `run` must be one of the folds."""
+    matches = [fold for fold in folds if Path(fold.path).resolve() == Path(run).resolve()]
+    if not matches:
+        raise FlowerDemoError(f"--recipe-chosen-on {run} is not one of the --folds runs")
+    for fold in matches:
+        fold.recipe_chosen_on_scored = True
 
 
 def load_splits(data_dir: str, names: list[str]) -> Any:
@@ -370,16 +382,26 @@ def fold_estimate(folds: list[Fold], held: list[dict[str, np.ndarray]], labels: 
                 "top1": float((ranked[:, 0] == truth).mean()),
                 "top5": float((ranked[:, :5] == truth[:, None]).any(axis=1).mean()),
                 "chosen_on_scored": fold.chosen_on_scored,
+                "recipe_chosen_on_scored": fold.recipe_chosen_on_scored,
             }
         )
     method = f"{len(rows)}-fold" if len(rows) > 1 else "one held-out split"
-    return {
+    estimate = {
         "method": method,
         "top1": float(np.mean([r["top1"] for r in rows])),
         "top5": float(np.mean([r["top5"] for r in rows])),
         "chosen_on_scored": any(r["chosen_on_scored"] for r in rows),
+        "recipe_chosen_on_scored": any(r["recipe_chosen_on_scored"] for r in rows),
         "folds": rows,
     }
+    unchosen = [r for r in rows if not (r["chosen_on_scored"] or r["recipe_chosen_on_scored"])]
+    if estimate["recipe_chosen_on_scored"] and unchosen:  # the figure from photos no choice saw
+        estimate["unchosen"] = {
+            "folds": len(unchosen),
+            "top1": float(np.mean([r["top1"] for r in unchosen])),
+            "top5": float(np.mean([r["top5"] for r in unchosen])),
+        }
+    return estimate
 
 
 def calibrate(
@@ -518,8 +540,17 @@ def format_report(result: dict[str, Any]) -> str:
             f"  {fold['model']}: trained on {fold['trained_on']}, {fold['images']} {fold['scored_on']} "
             f"images: top-1 {fold['top1']:.4f}, top-5 {fold['top5']:.4f}"
             + (" (its epoch was chosen on them)" if fold["chosen_on_scored"] else "")
+            + (" (the recipe was chosen on them)" if fold["recipe_chosen_on_scored"] else "")
             for fold in estimate["folds"]
         ],
+        *(
+            [
+                f"  the folds no choice saw ({estimate['unchosen']['folds']}): "
+                f"top-1 {estimate['unchosen']['top1']:.4f}, top-5 {estimate['unchosen']['top5']:.4f}"
+            ]
+            if "unchosen" in estimate
+            else []
+        ),
         f"fitted on {r['threshold_fitted_on']} ({r['validation_images']} images)",
         f"temperature T = {result['temperature']:.4f}",
         f"NLL  before {r['nll_before']:.4f}   after {r['nll_after']:.4f}",
@@ -596,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
         "on the model's own validation split: what a model trained on train + validation needs",
     )
     p.add_argument(
+        "--recipe-chosen-on",
+        metavar="RUN",
+        help="the --folds run whose score picked the recipe (its settings were compared on that "
+        "fold's scored photos): the estimate marks its figure as selected and gives the others alone",
+    )
+    p.add_argument(
         "--photos", type=Path, default=OOD_PHOTOS, help="folder of non-flower photos with photos.csv"
     )
     p.add_argument("--dry-run", action="store_true", help="print the figures, leave the model folder alone")
@@ -608,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
         num_classes = len(metadata["class_names"])
         folds = [open_fold(run, args.engine, num_classes) for run in args.folds or []]
+        if args.recipe_chosen_on:
+            mark_recipe_choice(folds, args.recipe_chosen_on)
         result, statistics = calibrate(
             engine,
             metadata,

@@ -187,6 +187,13 @@ def test_about_states_the_recipe_estimate_of_a_final_model(app: ModuleType) -> N
     assert "all 2,040 of those photos" in text and "expect a little less" not in text
     chosen = app.accuracy_text({**metadata, "estimate": {**estimate, "chosen_on_scored": True}})
     assert "expect a little less" in chosen
+    # calibrate --recipe-chosen-on: the headline is the fold no choice saw, the mean is said to lean high
+    picked = {**estimate, "folds": [{**fold, "recipe_chosen_on_scored": True}, other]}
+    picked.update(recipe_chosen_on_scored=True, unchosen={"folds": 1, "top1": 0.9101, "top5": 0.98})
+    text = app.accuracy_text({**metadata, "estimate": picked})
+    assert "about **91.0%**" in text and "top 5 for 98.0%" in text and "no choice was made on" in text
+    assert "validation photos the recipe was picked on" in text and "train photos the recipe" not in text
+    assert "2-fold figure is 92.1%" in text and "leans optimistic" in text
     assert "No accuracy" in app.accuracy_text({"metrics": {}})
 
 

@@ -456,6 +456,32 @@ def test_final_model_is_calibrated_out_of_fold_with_an_estimate(
     assert bank.shape == (244, 1280)  # the final model's own features of every photo it trained on
     stored = metadata["calibration"]["ood_threshold"]
     assert Classifier(final).calibration.ood_threshold == pytest.approx(stored)
+    assert "unchosen" not in estimate and estimate["recipe_chosen_on_scored"] is False
+
+
+def test_the_fold_the_recipe_was_picked_on_is_marked(
+    flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
+) -> None:
+    """--recipe-chosen-on RUN: that fold's figure is a selected one; the estimate also gives the
+    folds no choice saw (no epoch chosen on their scored photos, no recipe picked on them)."""
+    pytest.importorskip("sklearn")
+    final = recipe_run(flowers102_model, tmp_path / "final", "train,validation", "none", True)
+    fold1 = recipe_run(flowers102_model, tmp_path / "fold1", "train", "validation", True)
+    fold2 = recipe_run(flowers102_model, tmp_path / "fold2", "validation", "train", True)
+    args = ["--model", str(final), "--data-dir", str(fake_flowers102), "--folds", str(fold1), str(fold2)]
+    assert calibrate.main([*args, "--recipe-chosen-on", str(fold1)]) == 0
+    out = capsys.readouterr().out
+    estimate = json.loads((final / model_files.METADATA_FILE).read_text())["estimate"]
+    first, second = estimate["folds"]
+    assert (first["recipe_chosen_on_scored"], second["recipe_chosen_on_scored"]) == (True, False)
+    assert estimate["recipe_chosen_on_scored"] is True
+    assert estimate["unchosen"] == {"folds": 1, "top1": second["top1"], "top5": second["top5"]}
+    assert estimate["top1"] == pytest.approx((first["top1"] + second["top1"]) / 2)  # the mean stays
+    assert "(the recipe was chosen on them)" in out and "the folds no choice saw (1)" in out
+
+    assert calibrate.main([*args, "--recipe-chosen-on", str(tmp_path / "elsewhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --recipe-chosen-on") and "not one of the --folds runs" in err
 
 
 def data_labels(folder: Path, photos: list[Path]) -> list[int]:
