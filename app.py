@@ -194,9 +194,9 @@ def accuracy_text(metadata: dict[str, Any]) -> str:
         )
         if clean:
             text += (
-                "its training recipe's score on photos its models never trained on and no choice was "
-                f"made on. Over all folds ({folds}) the {estimate['method']} figure is "
-                f"{estimate['top1']:.1%}, but the recipe was picked on one of them, so it leans optimistic."
+                "its training recipe's score on held-out photos no choice was made on (the recipe was "
+                f"picked on another fold's score). The folds: {folds}. Their {estimate['method']} mean, "
+                f"{estimate['top1']:.1%}, leans optimistic."
             )
         else:
             text += (

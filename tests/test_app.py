@@ -193,7 +193,7 @@ def test_about_states_the_recipe_estimate_of_a_final_model(app: ModuleType) -> N
     text = app.accuracy_text({**metadata, "estimate": picked})
     assert "about **91.0%**" in text and "top 5 for 98.0%" in text and "no choice was made on" in text
     assert "validation photos the recipe was picked on" in text and "train photos the recipe" not in text
-    assert "2-fold figure is 92.1%" in text and "leans optimistic" in text
+    assert "2-fold mean, 92.1%, leans optimistic" in text
     assert "No accuracy" in app.accuracy_text({"metrics": {}})
 
 
