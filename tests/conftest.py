@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from helpers import TINY_CLASSES, TINY_SIZE  # noqa: E402
+from helpers import TINY_CLASSES, TINY_COLOURS, TINY_SIZE, make_class_tree, save_tiny_model  # noqa: E402
 
 # --- the shipped model -----------------------------------------------------------------------
 
@@ -91,17 +91,20 @@ def mobilenet_weights(tmp_path_factory) -> Path:
 def tiny_model_dir(tmp_path_factory, mobilenet_weights: Path) -> Path:
     """A saved 3-class, 32 px MobileNetV2 classifier: model.keras, metadata.json and the
     model.tflite that the serving core runs by default."""
-    import keras
+    from flower_demo import export
 
-    from flower_demo import export, models
-
-    keras.utils.set_random_seed(7)
-    model = models.create_model("mobilenet_v2", len(TINY_CLASSES), TINY_SIZE, str(mobilenet_weights))
     folder = tmp_path_factory.mktemp("tiny_model")
-    metadata = {"class_names": TINY_CLASSES, "image_size": TINY_SIZE, "backbone": "mobilenet_v2"}
-    models.save_model(model, folder, metadata)
+    save_tiny_model(folder, mobilenet_weights, TINY_SIZE, TINY_CLASSES, seed=7)
     export.export_tflite(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_class_tree(tmp_path_factory) -> Path:
+    """root/<class>/NN.png: the tiny model's three classes, 10 photos each (2 each in its seeded
+    validation part, what `evaluate --image-folder` measures)."""
+    root = tmp_path_factory.mktemp("data") / "tree"
+    return make_class_tree(root, TINY_COLOURS, per_class=10, size=TINY_SIZE + 8)
 
 
 @pytest.fixture(scope="session")

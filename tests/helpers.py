@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_FLOWERS = REPO_ROOT / "tests" / "fixtures" / "flowers"
 TINY_SIZE = 32  # the smallest input keras.applications accepts
 TINY_CLASSES = ["alpha flower", "beta flower", "gamma flower"]
+TINY_COLOURS = dict(zip(TINY_CLASSES, [(220, 40, 40), (40, 200, 40), (40, 40, 220)]))  # one per class
 
 
 def fixture_photos() -> list[Path]:
@@ -47,6 +48,20 @@ def make_class_tree(root: Path, classes: dict[str, tuple], per_class: int, size:
         for i in range(per_class):
             save_solid(root / name / f"{i:02d}.png", color, (size, size), noise=20, seed=100 * c + i)
     return root
+
+
+def save_tiny_model(folder: Path, weights: Path, size: int, class_names: list[str], seed: int) -> Path:
+    """A saved, untrained MobileNetV2 classifier (model.keras and metadata.json, no .tflite) with
+    these classes and input size, built on the tests' small MobileNetV2 weights."""
+    import keras
+
+    from flower_demo import models
+
+    keras.utils.set_random_seed(seed)
+    model = models.create_model("mobilenet_v2", len(class_names), size, str(weights))
+    metadata = {"class_names": class_names, "image_size": size, "backbone": "mobilenet_v2"}
+    models.save_model(model, folder, metadata)
+    return folder
 
 
 def load_app() -> ModuleType:

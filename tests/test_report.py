@@ -14,12 +14,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import TINY_CLASSES, TINY_SIZE, make_class_tree, run_module, save_solid
+from helpers import TINY_CLASSES, TINY_COLOURS, TINY_SIZE, run_module, save_solid
 from PIL import Image
 
 from flower_demo import FlowerDemoError, report
 
-COLOURS = {name: colour for name, colour in zip(TINY_CLASSES, [(220, 40, 40), (40, 200, 40), (40, 40, 220)])}
 PER_CLASS = 4
 
 
@@ -75,7 +74,7 @@ def known_case(tmp_path: Path):
     two "beta flower" photos answered "gamma flower", one "alpha flower" answered "beta flower"."""
     labels = np.repeat(np.arange(3), PER_CLASS)
     items = [
-        save_solid(tmp_path / "photos" / f"{i:02d}.png", COLOURS[TINY_CLASSES[c]], noise=20, seed=i)
+        save_solid(tmp_path / "photos" / f"{i:02d}.png", TINY_COLOURS[TINY_CLASSES[c]], noise=20, seed=i)
         for i, c in enumerate(labels)
     ]
     items[5] = tmp_path / "photos" / "broken.jpg"
@@ -202,21 +201,13 @@ def test_cli_plot_single_image_and_unwritable(tiny_model_dir: Path, tmp_path: Pa
 # --- evaluate and train write it -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def class_tree(tmp_path_factory) -> Path:
-    """root/<class>/NN.png, the tiny model's three classes, 10 photos each (2 evaluated each)."""
-    return make_class_tree(
-        tmp_path_factory.mktemp("data") / "tree", COLOURS, per_class=10, size=TINY_SIZE + 8
-    )
-
-
 @pytest.mark.slow
 def test_cli_evaluate_report_on_a_class_folder(
-    tiny_model_dir: Path, class_tree: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_class_tree: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "report"
     result = run_module(
-        "flower_demo.evaluate", "--model", str(tiny_model_dir), "--image-folder", str(class_tree),
+        "flower_demo.evaluate", "--model", str(tiny_model_dir), "--image-folder", str(tiny_class_tree),
         "--report", str(out), "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -228,19 +219,21 @@ def test_cli_evaluate_report_on_a_class_folder(
     assert numbers["source"].startswith("folder:")
 
 
-def test_evaluate_report_pointing_at_a_file(tiny_model_dir: Path, class_tree: Path, tmp_path: Path, capsys):
+def test_evaluate_report_pointing_at_a_file(
+    tiny_model_dir: Path, tiny_class_tree: Path, tmp_path: Path, capsys
+) -> None:
     from flower_demo.evaluate import main as evaluate_main
 
     file = tmp_path / "report.html"
     file.write_text("x")
-    args = ["--model", str(tiny_model_dir), "--image-folder", str(class_tree), "--report", str(file)]
+    args = ["--model", str(tiny_model_dir), "--image-folder", str(tiny_class_tree), "--report", str(file)]
     assert evaluate_main(args) == 1
     err = capsys.readouterr().err
     assert err == f"error: report folder {file} is a file, not a folder\n"
 
 
 def test_train_writes_the_validation_report(
-    mobilenet_weights: Path, class_tree: Path, tmp_path: Path
+    mobilenet_weights: Path, tiny_class_tree: Path, tmp_path: Path
 ) -> None:
     from flower_demo import train
 
@@ -248,7 +241,7 @@ def test_train_writes_the_validation_report(
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = train.main(
-            ["--image-folder", str(class_tree), "--backbone", "mobilenet_v2", "--weights",
+            ["--image-folder", str(tiny_class_tree), "--backbone", "mobilenet_v2", "--weights",
              str(mobilenet_weights), "--image-size", str(TINY_SIZE), "--views", "1", "--batch-size", "8",
              "--stage1-epochs", "1", "--stage2-epochs", "0", "--run-dir", str(run_dir)]
         )  # fmt: skip
