@@ -2,12 +2,13 @@
 
     python -m flower_demo.evaluate --model weights --data-dir DATA_DIR --split validation --json
 
-Several `--model`s are measured as one ensemble: their served probabilities averaged, each model
-at its own input size. That is the figure an ensemble teacher gives `train --teachers`.
 It runs through the serving core (core.Classifier), so it measures exactly what `predict` and
 the app serve: the same decoding (flower_demo.images), the same engine (LiteRT by default,
 `--engine keras` for the Keras model) and the served, calibrated probabilities. Images are
 decoded by a thread pool while the engine works on the previous batch.
+
+Several `--model`s are measured as one ensemble: their served probabilities averaged, each model
+at its own input size. That is the figure an ensemble teacher gives `train --teachers`.
 """
 
 from __future__ import annotations
