@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, model_files
+from flower_demo import core, data, model_files
 from flower_demo.core import (
     CALIBRATION_KEY,
     FEATURES,
@@ -168,10 +168,9 @@ def known_flower_photos() -> dict[str, np.ndarray]:
 def forward(engine: Any, items: list[Any], batch_size: int = 32) -> dict[str, np.ndarray]:
     """The engine's raw probabilities and pooled features for images (paths or arrays): what the
     served model computes, before any calibration."""
-    from flower_demo.data import iter_decoded
 
     probabilities, features = [], []
-    for batch in iter_decoded(items, engine.image_size, batch_size):
+    for batch in data.iter_decoded(items, engine.image_size, batch_size):
         outputs = engine(batch.astype(np.float32))
         if FEATURES not in outputs:
             raise FlowerDemoError(f"{engine.path} returns no pooled features; re-export it")
@@ -351,17 +350,11 @@ def mark_recipe_choice(folds: list[Fold], run: str | Path) -> None:
         fold.recipe_chosen_on_scored = True
 
 
-def load_splits(data_dir: str, names: list[str]) -> Any:
-    from flower_demo import data
-
-    return data.concatenate([data.load_oxford_folder(data_dir, name) for name in names])
-
-
 def training_statistics(
     engine: Any, model_path: str | Path, data_dir: str, splits: list[str], num_classes: int
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every rule's statistics from the model's features of the photos it trained on."""
-    train = load_splits(data_dir, splits)
+    train = data.load_oxford_splits(data_dir, splits)
     if len(train.class_names) != num_classes:
         raise FlowerDemoError(f"the data has {len(train.class_names)} classes, the model {num_classes}")
     features = forward(engine, list(train.items))[FEATURES]
@@ -430,7 +423,7 @@ def calibrate(
     started = time.perf_counter()
     stats, held, labels, others = [], [], [], []
     for fold in folds:
-        scored = load_splits(data_dir, [fold.scored_on])
+        scored = data.load_oxford_splits(data_dir, [fold.scored_on])
         trained, n = "+".join(fold.trained_on), len(scored)
         log(f"fold {fold.path}: trained on {trained}, scored on {n} {fold.scored_on} images")
         stats.append(training_statistics(fold.engine, fold.path, data_dir, fold.trained_on, num_classes))

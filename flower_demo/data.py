@@ -90,6 +90,11 @@ def concatenate(parts: list[LabeledImages]) -> LabeledImages:
     )
 
 
+def load_oxford_splits(data_dir: str | os.PathLike, splits: Sequence[str]) -> LabeledImages:
+    """Official Flowers-102 splits of a folder as one set (e.g. train + validation for a final model)."""
+    return concatenate([load_oxford_folder(data_dir, split) for split in splits])
+
+
 # --- tensorflow_datasets ---------------------------------------------------------------------
 
 

@@ -94,6 +94,7 @@ BACKBONES: dict[str, Backbone] = {
         feature_map="block5_conv3",
     ),
 }
+DEFAULT_IMAGE_SIZE = 256  # the Flowers-102 photos' short side; the shipped recipe's input (README)
 HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
 
 
@@ -185,7 +186,7 @@ def create_backbone(name: str, image_size: int, weights: str | None = "imagenet"
 def create_model(
     backbone: str,
     num_classes: int,
-    image_size: int = 224,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     weights: str | None = "imagenet",
     dropout: float = 0.2,
 ) -> keras.Model:

@@ -49,7 +49,6 @@ import keras
 from flower_demo import data, report
 from flower_demo.errors import FlowerDemoError
 
-DEFAULT_IMAGE_SIZE = 256  # the Flowers-102 photos' short side; 1 point above 224 (README)
 DEFAULT_VIEWS = 16  # augmented copies of each training image
 CACHE_BATCH = 32
 # The quick recipe: the head alone on the photos as they are (1 view); figures in QUICK_HELP and README.
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="imagenet",
         help="backbone weights: imagenet (Keras downloads them), a local .h5 file, or none",
     )
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="input size in pixels")
+    p.add_argument("--image-size", type=int, default=models.DEFAULT_IMAGE_SIZE, help="input size in pixels")
     p.add_argument(
         "--serve-size",
         type=int,
