@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_CLASSES, TINY_SIZE, fixture_photos, flowers102_folder, run_module
 
-from benchmarks import bench
+from benchmarks import tables
 from flower_demo import models
 
 TIMEOUT_S = 900  # a whole (tiny) run on a busy 2-core machine
@@ -71,7 +71,7 @@ def test_bench_json(litert_dir: Path, oxford_dir: Path) -> None:
     assert r["app"] == {"skipped": "--skip-app"}
     assert {"before", "after", "busy"} <= set(r["load_average"])
     checks = {t["name"]: t for t in r["targets"]}
-    assert list(checks) == list(bench.TARGETS)
+    assert list(checks) == list(tables.TARGETS)
     assert checks["CLI imports TensorFlow"]["pass"] is True
     assert checks["LiteRT/Keras top-1 agreement"]["pass"] is True
     assert checks["app first /predict answer"]["pass"] is None  # not measured: neither pass nor miss
