@@ -1,7 +1,7 @@
 """Soak benchmark of the hosted app (not a test: it takes minutes and its figures depend on the machine).
 
-    python benchmarks/soak.py                      # 1,000 calls from 20 clients
-    python benchmarks/soak.py --calls 200 --clients 5
+    python -m benchmarks.soak                      # 1,000 calls from 20 clients
+    python -m benchmarks.soak --calls 200 --clients 5
 
 Starts `python app.py` on a free local port, as a Space does, then sends `/predict` calls from
 concurrent gradio_client clients, each with its own connection. One call in BAD_EVERY sends a
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks import serving
+from flower_demo import core, export, model_files
+from flower_demo.errors import FlowerDemoError
 
-import flower_demo  # noqa: E402
-
-PHOTOS = sorted((ROOT / "examples").glob("*.jpg")) + sorted(
-    (ROOT / "tests" / "fixtures" / "flowers").glob("*.jpg")
+PHOTOS = sorted((model_files.REPO_ROOT / "examples").glob("*.jpg")) + sorted(
+    export.FIXTURE_PHOTOS.glob("*.jpg")
 )
 CALLS = 1000
 CLIENTS = 20
@@ -47,7 +46,6 @@ RSS_FROM = 100  # memory growth is measured from this many finished calls to the
 MAX_GROWTH_MB = 50
 CALL_TIMEOUT = 120  # seconds; a call still running then counts as hung
 START_TIMEOUT = 300  # seconds for `python app.py` to load the model and answer
-TOP_K = 5
 
 
 def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -68,88 +66,71 @@ def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_app(port: int) -> subprocess.Popen:
+    """`python app.py` serving its default model on `port`, once it answers."""
+    server = serving.start_app(port, subprocess.DEVNULL)
+    try:
+        serving.connect(server, port, time.perf_counter(), START_TIMEOUT)
+    except FlowerDemoError as exc:
+        serving.stop_tree(server)
+        raise SystemExit(f"error: {exc}") from None
+    return server
 
 
-def start_app(port: int) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"error: app.py exited with status {server.returncode}")
-        try:
-            Client(url, verbose=False)
-            return server, url
-        except Exception:
-            time.sleep(2)
-    server.kill()
-    raise SystemExit(f"error: app.py did not answer within {START_TIMEOUT} s")
+@dataclass
+class Soak:
+    """One soak run: what each call sends and must get back, and what the client threads record
+    (under `lock`)."""
 
+    url: str
+    calls: int
+    rss_from: int
+    server: psutil.Process
+    expected: dict[Path, core.Prediction]
+    bad: dict[str, tuple[Path, str]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"photo": [], "bad": []})
+    failures: list[str] = field(default_factory=list)
+    rss: dict[int, float] = field(default_factory=dict)  # finished calls -> server RSS, MiB
+    started: int = 0
+    finished: int = 0
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=CALLS)
-    parser.add_argument("--clients", type=int, default=CLIENTS)
-    args = parser.parse_args()
-    rss_from = min(RSS_FROM, args.calls // 2)
+    def source(self, call: int) -> tuple[str, Path]:
+        """What call number `call` sends: ("photo", a photo) or (name of a bad file, its path)."""
+        if call % BAD_EVERY == BAD_EVERY - 1:
+            kind = list(self.bad)[(call // BAD_EVERY) % len(self.bad)]
+            return kind, self.bad[kind][0]
+        return "photo", PHOTOS[call % len(PHOTOS)]
 
-    expected = {p: flower_demo.predict(p, top_k=TOP_K) for p in PHOTOS}  # the answers to match
-    folder = Path(tempfile.mkdtemp(prefix="soak_"))
-    bad = bad_files(folder)
-    bad_names = list(bad)
-    load_before = os.getloadavg()
-    server, url = start_app(free_port())
-    process = psutil.Process(server.pid)
-    print(f"app.py (pid {server.pid}) at {url}: {args.calls} calls from {args.clients} clients")
-
-    lock = threading.Lock()
-    next_call = iter(range(args.calls))
-    latencies: dict[str, list[float]] = {"photo": [], "bad": []}
-    failures: list[str] = []
-    finished = 0
-    rss: dict[str, float] = {}
-
-    def check(call: int, source: Path, kind: str, result: object, error: Exception | None) -> str | None:
+    def check(self, source: Path, kind: str, result: object, error: Exception | None) -> str | None:
         """None if the answer is right, else what went wrong."""
         if kind == "photo":
             if error is not None:
                 return f"{source.name}: error {error!r}"
             chart, _ = result
             rows = [(c["label"], c["confidence"]) for c in chart["confidences"]]
-            want = expected[source]
+            want = self.expected[source]
             names_ok = [n for n, _ in rows] == want.class_names[: len(rows)]
             probs_ok = np.allclose([p for _, p in rows], want.probabilities[: len(rows)], atol=1e-4)
             return None if names_ok and probs_ok else f"{source.name}: {rows[:2]} != {want.top1}"
         message = str(error) if isinstance(error, AppError) else ""
-        _, reason = bad[kind]
+        _, reason = self.bad[kind]
         if not (message.startswith(source.name) and reason in message and "\n" not in message):
             return f"{kind}: {error!r} / {result!r}"
         return None
 
-    def worker() -> None:
-        nonlocal finished
-        client = Client(url, verbose=False)
-        while True:
-            with lock:
-                call = next(next_call, None)
-            if call is None:
-                return
-            if call % BAD_EVERY == BAD_EVERY - 1:
-                kind = bad_names[(call // BAD_EVERY) % len(bad_names)]
-                source = bad[kind][0]
-            else:
-                kind, source = "photo", PHOTOS[call % len(PHOTOS)]
+    def next_call(self) -> int | None:
+        with self.lock:
+            if self.started == self.calls:
+                return None
+            self.started += 1
+            return self.started - 1
+
+    def client(self) -> None:
+        """One client thread: its own connection, calls until none are left."""
+        client = Client(self.url, verbose=False)
+        while (call := self.next_call()) is not None:
+            kind, source = self.source(call)
             started = time.perf_counter()
             result, error = None, None
             try:
@@ -158,47 +139,72 @@ def main() -> int:
             except Exception as exc:  # a refusal is an AppError; a hang, TimeoutError
                 error = exc
             elapsed = time.perf_counter() - started
-            problem = check(call, source, kind, result, error)
-            with lock:
-                latencies["photo" if kind == "photo" else "bad"].append(elapsed)
+            problem = self.check(source, kind, result, error)
+            with self.lock:
+                self.latencies["photo" if kind == "photo" else "bad"].append(elapsed)
                 if problem:
-                    failures.append(f"call {call}: {problem}")
-                finished += 1
-                if finished in (rss_from, args.calls):
-                    rss[str(finished)] = process.memory_info().rss / 2**20
+                    self.failures.append(f"call {call}: {problem}")
+                self.finished += 1
+                if self.finished in (self.rss_from, self.calls):
+                    self.rss[self.finished] = self.server.memory_info().rss / 2**20
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(args.clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    load_after = os.getloadavg()
-    server.terminate()
-    server.wait(timeout=60)
+    def run(self, clients: int) -> float:
+        """All calls from `clients` threads; the wall seconds they took."""
+        started = time.perf_counter()
+        threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
 
-    everything = latencies["photo"] + latencies["bad"]
-    growth = rss[str(args.calls)] - rss[str(rss_from)]
+
+def report(soak: Soak, wall: float, load_before: tuple[float, ...], load_after: tuple[float, ...]) -> int:
+    """Prints the figures and failures; the exit status (1 if a check failed)."""
+    everything = soak.latencies["photo"] + soak.latencies["bad"]
+    first, last = soak.rss[soak.rss_from], soak.rss[soak.calls]
+    growth = last - first
     print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min), CPUs {os.cpu_count()}"
     )
     for name, values in (
-        ("photos", latencies["photo"]),
-        ("bad files", latencies["bad"]),
+        ("photos", soak.latencies["photo"]),
+        ("bad files", soak.latencies["bad"]),
         ("all", everything),
     ):
         p50, p95, top = np.percentile(values, [50, 95, 100])
         print(f"{name:9}: {len(values):5d} calls, latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {top:.2f} s")
     print(f"throughput: {len(everything) / wall:.1f} calls/s ({len(everything)} calls in {wall:.0f} s)")
     print(
-        f"server RSS: {rss[str(rss_from)]:.0f} MiB after call {rss_from}, {rss[str(args.calls)]:.0f} MiB "
-        f"after call {args.calls}: {growth:+.1f} MiB (limit {MAX_GROWTH_MB})"
+        f"server RSS: {first:.0f} MiB after call {soak.rss_from}, {last:.0f} MiB "
+        f"after call {soak.calls}: {growth:+.1f} MiB (limit {MAX_GROWTH_MB})"
     )
-    print(f"wrong answers, unclear errors or hangs: {len(failures)}")
-    for failure in failures[:10]:
+    print(f"wrong answers, unclear errors or hangs: {len(soak.failures)}")
+    for failure in soak.failures[:10]:
         print("  " + failure)
-    return 0 if not failures and growth < MAX_GROWTH_MB else 1
+    return 0 if not soak.failures and growth < MAX_GROWTH_MB else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=CALLS)
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    args = parser.parse_args(argv)
+
+    expected = {p: core.predict(p, top_k=core.DEFAULT_TOP_K) for p in PHOTOS}  # the answers to match
+    bad = bad_files(Path(tempfile.mkdtemp(prefix="soak_")))
+    load_before = os.getloadavg()
+    port = serving.free_port()
+    server = start_app(port)
+    url = serving.app_url(port)
+    print(f"app.py (pid {server.pid}) at {url}: {args.calls} calls from {args.clients} clients")
+    soak = Soak(url, args.calls, min(RSS_FROM, args.calls // 2), psutil.Process(server.pid), expected, bad)
+    try:
+        wall = soak.run(args.clients)
+    finally:
+        load_after = os.getloadavg()
+        serving.stop_tree(server)
+    return report(soak, wall, load_before, load_after)
 
 
 if __name__ == "__main__":
