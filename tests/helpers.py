@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,11 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python tests/test_browser.py` puts only tests/ there
+    sys.path.insert(0, str(REPO_ROOT))
+
+# A free local port for the app, from where the benchmarks take theirs (re-exported for the tests).
+from benchmarks.serving import free_port  # noqa: E402, F401
 
 FIXTURE_FLOWERS = REPO_ROOT / "tests" / "fixtures" / "flowers"
 TINY_SIZE = 32  # the smallest input keras.applications accepts
@@ -71,12 +75,6 @@ def load_app() -> ModuleType:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     return importlib.import_module("app")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_module(
