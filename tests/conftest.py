@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,7 +21,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from helpers import TINY_CLASSES, TINY_COLOURS, TINY_SIZE, make_class_tree, save_tiny_model  # noqa: E402
+from helpers import (  # noqa: E402
+    TINY_CLASSES,
+    TINY_COLOURS,
+    TINY_SIZE,
+    free_port,
+    load_app,
+    make_class_tree,
+    save_tiny_model,
+)
 
 # --- the shipped model -----------------------------------------------------------------------
 
@@ -55,6 +65,25 @@ def shipped_keras_classifier(shipped_model_dir: Path):
     from flower_demo import core
 
     return core.Classifier(shipped_model_dir, engine="keras")
+
+
+# --- the app, imported and served once ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app_module() -> ModuleType:
+    """app.py imported once (importing it loads the model), shared by test_app and test_browser."""
+    return load_app()
+
+
+@pytest.fixture(scope="session")
+def app_url(app_module: ModuleType) -> Iterator[str]:
+    """app.py's page served once on a free port, for every test that talks to it over HTTP."""
+    _, url, _ = app_module.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        yield url
+    finally:
+        app_module.demo.close()
 
 
 # --- small models built here -----------------------------------------------------------------

@@ -22,6 +22,9 @@ if str(REPO_ROOT) not in sys.path:  # `python tests/test_browser.py` puts only t
 from benchmarks.serving import free_port  # noqa: E402, F401
 
 FIXTURE_FLOWERS = REPO_ROOT / "tests" / "fixtures" / "flowers"
+EXAMPLE_PHOTOS = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))  # the page's own examples
+NON_FLOWER = REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg"  # rejected by the shipped model
+TRAINED_IMAGE_SIZE = 224  # the smallest input of a trained model here; smaller ones are debug models
 TINY_SIZE = 32  # the smallest input keras.applications accepts
 TINY_CLASSES = ["alpha flower", "beta flower", "gamma flower"]
 TINY_COLOURS = dict(zip(TINY_CLASSES, [(220, 40, 40), (40, 200, 40), (40, 40, 220)]))  # one per class
@@ -34,6 +37,12 @@ def fixture_photos() -> list[Path]:
 
 def label_id(photo: Path) -> int:
     return int(photo.name[:3])
+
+
+def honest_labels(probabilities: np.ndarray, seed: int) -> np.ndarray:
+    """A label drawn from each row's own probabilities: answers exactly as sure as they are right."""
+    draws = np.random.default_rng(seed).random(len(probabilities))[:, None]
+    return (draws > np.cumsum(probabilities, axis=1)).sum(axis=1)
 
 
 def save_solid(path: Path, color, size=(40, 40), noise: float = 0.0, seed: int = 0) -> Path:
@@ -66,6 +75,12 @@ def save_tiny_model(folder: Path, weights: Path, size: int, class_names: list[st
     metadata = {"class_names": class_names, "image_size": size, "backbone": "mobilenet_v2"}
     models.save_model(model, folder, metadata)
     return folder
+
+
+def is_trained(metadata: dict) -> bool:
+    """Only a trained model can be held to naming species right; the tests' debug models are not."""
+    trained = "metrics" in metadata or "estimate" in metadata
+    return trained and metadata["image_size"] >= TRAINED_IMAGE_SIZE
 
 
 def load_app() -> ModuleType:

@@ -18,12 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import free_port, load_app
+from helpers import EXAMPLE_PHOTOS, NON_FLOWER, REPO_ROOT, free_port, is_trained
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FLOWERS = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))  # the page's own examples
-NON_FLOWER = REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg"  # rejected by the shipped model
-TRAINED_IMAGE_SIZE = 224  # the smallest input of a trained model here; smaller ones are debug models
+FLOWERS = EXAMPLE_PHOTOS
 CALL_TIMEOUT = 120  # seconds for one call, generous for a busy 2-core machine
 CONCURRENT_CALLS = 20
 
@@ -35,27 +32,16 @@ def species(app: ModuleType, photo: Path) -> str:
     return app.CLASSIFIER.class_names[int(photo.name[:3]) - 1]
 
 
-def is_trained(app: ModuleType) -> bool:
-    """Only the trained model can be held to naming species right; debug models are untrained."""
-    metadata = app.CLASSIFIER.metadata
-    trained = "metrics" in metadata or "estimate" in metadata
-    return trained and metadata["image_size"] >= TRAINED_IMAGE_SIZE
+@pytest.fixture(scope="module")
+def app(app_module: ModuleType) -> ModuleType:
+    return app_module
 
 
 @pytest.fixture(scope="module")
-def app() -> ModuleType:
-    return load_app()
-
-
-@pytest.fixture(scope="module")
-def client(app: ModuleType) -> Iterator:
+def client(app_url: str):
     from gradio_client import Client
 
-    _, url, _ = app.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        app.demo.close()
+    return Client(app_url, verbose=False)
 
 
 def shown(app: ModuleType, prediction) -> list[tuple[str, float]]:
@@ -110,7 +96,7 @@ def test_chart_heads_with_a_species_only_when_the_verdict_states_it(app: ModuleT
 
 def test_predict_names_the_species(app: ModuleType, client) -> None:
     """One clear photo end to end; the model's accuracy itself is measured by evaluate, not here."""
-    if not is_trained(app):
+    if not is_trained(app.CLASSIFIER.metadata):
         pytest.skip("debug model (no figures, or under 224 px): species names are meaningless")
     photo = next(p for p in FLOWERS if "water_lily" in p.name)
     chart, verdict = call(client, photo)
@@ -131,7 +117,11 @@ def test_broken_upload_gives_readable_error_and_app_keeps_serving(
     assert "holiday.jpg" in str(error.value)  # the user's file name, not the server's cache path
     assert "/tmp" not in str(error.value)
     chart, _ = call(client, FLOWERS[1])  # still serving
-    assert chart["label"] == species(app, FLOWERS[1]) if is_trained(app) else chart["confidences"]
+    assert (
+        chart["label"] == species(app, FLOWERS[1])
+        if is_trained(app.CLASSIFIER.metadata)
+        else chart["confidences"]
+    )
 
 
 def test_no_image_asks_for_one(client) -> None:
@@ -273,7 +263,7 @@ def test_oversized_upload_is_refused_before_our_code(app: ModuleType, client, tm
     assert chart["confidences"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_app(app: ModuleType) -> Iterator:
     """The same page built with a queue of one waiting request and a one-second cache lifetime."""
     demo = app.build_demo(max_queue=1, cache_cleanup=(1, 1))

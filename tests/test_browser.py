@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import free_port, load_app
+from helpers import EXAMPLE_PHOTOS, NON_FLOWER, REPO_ROOT, free_port, is_trained, load_app
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((REPO_ROOT / "examples").glob("[0-9][0-9][0-9]_*.jpg"))
-NON_FLOWER = REPO_ROOT / "tests" / "fixtures" / "non_flowers" / "cat.jpg"  # rejected by the shipped model
+EXAMPLES = EXAMPLE_PHOTOS
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,16 +33,9 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 VIEWPORT = {"width": 1280, "height": 900}
-TRAINED_IMAGE_SIZE = 224  # the smallest input of a trained model here; smaller ones are debug models
 WAIT_MS = 120_000  # a prediction on a busy 2-core machine, plus the page's own start-up
 
 pytestmark = pytest.mark.browser
-
-
-def is_trained(app: ModuleType) -> bool:
-    metadata = app.CLASSIFIER.metadata
-    trained = "metrics" in metadata or "estimate" in metadata
-    return trained and metadata["image_size"] >= TRAINED_IMAGE_SIZE
 
 
 def example(slug: str) -> Path:
@@ -58,20 +48,16 @@ def expected_heading(app: ModuleType, photo: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def app() -> ModuleType:
+def app(app_module: ModuleType) -> ModuleType:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    return load_app()
+    return app_module
 
 
 @pytest.fixture(scope="module")
-def url(app: ModuleType) -> Iterator[str]:
-    _, url, _ = app.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    try:
-        yield url
-    finally:
-        app.demo.close()
+def url(app: ModuleType, app_url: str) -> str:
+    return app_url
 
 
 def open_page(playwright, url: str):
@@ -124,7 +110,7 @@ def test_photo_shows_top1_in_chart_beside_it(app: ModuleType, page, shots: Path)
     photo = example("water_lily")
     upload(page, photo)
     shows_answer_for(app, page, photo)
-    if is_trained(app):
+    if is_trained(app.CLASSIFIER.metadata):
         expect(heading(page)).to_have_text("water lily")
         expect(page.get_by_text("Most likely water lily")).to_be_visible()
     expect(page.locator("[data-testid$='-confidence-set']")).not_to_have_count(0)
@@ -199,7 +185,7 @@ def test_clicking_a_labelled_example_classifies_it(app: ModuleType, page, shots:
     species = app.examples()[1][app.examples()[0].index(str(photo))]
     page.get_by_role("button", name=species, exact=True).click()
     shows_answer_for(app, page, photo)
-    if is_trained(app):
+    if is_trained(app.CLASSIFIER.metadata):
         assert species == expected_heading(app, photo)
     page.screenshot(path=str(shots / "example.png"), full_page=True)
 
@@ -233,7 +219,7 @@ def refresh_screenshot(path: Path = SCREENSHOT) -> Path:
     from playwright.sync_api import sync_playwright
 
     app = load_app()
-    if not is_trained(app):
+    if not is_trained(app.CLASSIFIER.metadata):
         raise SystemExit("error: README's screenshot must show the trained model (weights/)")
     _, url, _ = app.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     try:
