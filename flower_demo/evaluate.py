@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, data, model_files, report
+from flower_demo import core, data, metrics, model_files, report
 from flower_demo.errors import FlowerDemoError
 from flower_demo.images import ImageLike
 
@@ -45,27 +45,17 @@ def predict_probabilities(
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
 
 
-def metrics_from(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    ranked = np.argsort(-probabilities, axis=1)
-    top1 = ranked[:, 0] == labels
-    top5 = (ranked[:, :5] == labels[:, None]).any(axis=1)
-    return {
-        "top1": float(top1.mean()),
-        "top5": float(top5.mean()),
-        "n": int(len(labels)),
-        "predicted": ranked[:, 0],
-        "probabilities": probabilities,
-    }
-
-
 def evaluate_model(
     run: Callable[[np.ndarray], np.ndarray],
     images: np.ndarray | Sequence[ImageLike],
     labels: np.ndarray,
     image_size: int,
 ) -> dict[str, Any]:
-    """Top-1 / top-5 accuracy of `run` (see predict_probabilities) on `images`."""
-    return metrics_from(predict_probabilities(run, images, image_size), np.asarray(labels))
+    """Top-1 / top-5 accuracy (metrics.score; top-5 is top-k, fewer with fewer classes) of `run`
+    (see predict_probabilities) on `images`: {"top1", "top5", "n", "probabilities"}."""
+    probabilities = predict_probabilities(run, images, image_size)
+    scores = metrics.score(probabilities, np.asarray(labels))
+    return {"top1": scores.top1, "top5": scores.topk, "n": scores.n, "probabilities": probabilities}
 
 
 def ensemble_probabilities(classifiers: Sequence[core.Classifier], images: Sequence[ImageLike]) -> np.ndarray:
@@ -81,24 +71,12 @@ def ensemble_probabilities(classifiers: Sequence[core.Classifier], images: Seque
     return np.mean(outputs, axis=0)
 
 
-def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Accuracy of each class (NaN for a class with no images)."""
-    correct = np.bincount(labels, weights=predicted == labels, minlength=num_classes)
-    counts = np.bincount(labels, minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return correct / counts
-
-
-def save_confusion_matrix(
-    predicted: np.ndarray, labels: np.ndarray, num_classes: int, path: str | Path
-) -> None:
+def save_confusion_matrix(matrix: np.ndarray, path: str | Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.zeros((num_classes, num_classes), dtype=int)
-    np.add.at(matrix, (labels, predicted), 1)
     fig, ax = plt.subplots(figsize=(10, 10))
     ax.imshow(matrix, cmap="Blues", interpolation="nearest")
     ax.set_xlabel("predicted class")
@@ -109,7 +87,7 @@ def save_confusion_matrix(
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flower_demo.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model",
@@ -143,67 +121,65 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix here")
     p.add_argument("--report", metavar="DIR", help="also write the report of where the model fails into DIR")
-    args = p.parse_args(argv)
+    return p
+
+
+def load_split(args: argparse.Namespace) -> data.LabeledImages:
+    """The labelled images the arguments name."""
+    if args.data_dir:
+        return data.load_oxford_folder(args.data_dir, args.split)
+    if args.tfds:
+        return data.load_tfds(args.tfds, args.split)
+    return data.load_image_folder(args.image_folder)[1]
+
+
+def measure(args: argparse.Namespace) -> tuple[data.LabeledImages, list[str], np.ndarray, str | None]:
+    """(the split, the class names, the served probabilities of the models as one, the report page
+    or None): everything the command prints, measured."""
+    if args.report:
+        report.check_out_dir(args.report)
+    classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
+    class_names = classifiers[0].metadata["class_names"]
+    split = load_split(args)
+    if len(split.class_names) != len(class_names):
+        raise FlowerDemoError(f"the data has {len(split.class_names)} classes, the model {len(class_names)}")
+    probabilities = ensemble_probabilities(classifiers, split.items)
+    page = None
+    if args.report:  # the probabilities users are served (temperature-scaled if calibrated)
+        title = f"Evaluation report: model {' + '.join(Path(m).name for m in args.model)}"
+        page = report.write_report(
+            args.report, probabilities, split.labels, class_names, split.items, title, split.source
+        )
+    return split, class_names, probabilities, None if page is None else str(page)
+
+
+def print_per_class(scores: metrics.Scores, class_names: list[str]) -> None:
+    """Each class's accuracy, best first (classes with no images, shown as -, before them)."""
+    print("per-class accuracy:")
+    ranked = sorted(zip(class_names, scores.per_class), key=lambda t: -np.nan_to_num(t[1], nan=2))
+    for name, accuracy in ranked:
+        print(f"  {accuracy:6.1%}  {name}" if not np.isnan(accuracy) else f"     -   {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        if args.report:
-            report.check_out_dir(args.report)
-        classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
-        metadata = classifiers[0].metadata
-        if args.data_dir:
-            split = data.load_oxford_folder(args.data_dir, args.split)
-        elif args.tfds:
-            split = data.load_tfds(args.tfds, args.split)
-        else:
-            split = data.load_image_folder(args.image_folder)[1]
-        if len(split.class_names) != len(metadata["class_names"]):
-            raise FlowerDemoError(
-                f"the data has {len(split.class_names)} classes, the model {len(metadata['class_names'])}"
-            )
-        probabilities = ensemble_probabilities(classifiers, split.items)
-        result = metrics_from(probabilities, np.asarray(split.labels))
-        if args.report:  # the probabilities users are served (temperature-scaled if calibrated)
-            title = f"Evaluation report: model {' + '.join(Path(m).name for m in args.model)}"
-            page = report.write_report(
-                args.report,
-                result["probabilities"],
-                split.labels,
-                metadata["class_names"],
-                split.items,
-                title,
-                split.source,
-            )
-            result["report"] = str(page)
+        split, class_names, probabilities, page = measure(args)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    summary = {
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "n": result["n"],
-        "expected": split.expected,
-        **({"report": result["report"]} if args.report else {}),
-    }
+    scores = metrics.score(probabilities, np.asarray(split.labels))
     if args.json:
-        print(json.dumps(summary))
+        summary = {"top1": scores.top1, "top5": scores.topk, "n": scores.n, "expected": split.expected}
+        print(json.dumps({**summary, **({"report": page} if page else {})}))
     else:
-        print(f"{split.source}: {result['n']} of {split.expected} images found")
-        print(f"top-1 {result['top1']:.4f}   top-5 {result['top5']:.4f}")
-        per_class = per_class_accuracy(result["predicted"], split.labels, len(split.class_names))
-        print("per-class accuracy:")
-        for name, acc in sorted(
-            zip(metadata["class_names"], per_class),
-            key=lambda t: -np.nan_to_num(t[1], nan=2),
-        ):
-            print(f"  {acc:6.1%}  {name}" if not np.isnan(acc) else f"     -   {name}")
-        if args.report:
-            print(f"report: {result['report']}")
+        print(f"{split.source}: {scores.n} of {split.expected} images found")
+        print(f"top-1 {scores.top1:.4f}   top-5 {scores.topk:.4f}")
+        print_per_class(scores, class_names)
+        if page:
+            print(f"report: {page}")
     if args.confusion_matrix:
-        save_confusion_matrix(
-            result["predicted"],
-            split.labels,
-            len(split.class_names),
-            args.confusion_matrix,
-        )
+        save_confusion_matrix(scores.confusion, args.confusion_matrix)
         if not args.json:
             print(f"confusion matrix saved to {args.confusion_matrix}")
     return 0

@@ -8,13 +8,15 @@
 same figures as PNG files and the numbers as report.json: top-1, top-K and mean per-class
 accuracy with percentile-bootstrap 95% intervals, per-class accuracy worst first, the confusion
 matrix and its most-confused pairs, grids of the most confident mistakes and of correct answers, a
-reliability diagram of the probabilities and the class balance of the evaluated data.
+reliability diagram of the probabilities with their expected calibration error, and the class
+balance of the evaluated data.
 
 This module sees only arrays (probabilities (n, classes), 0-based labels), class names and the
 items the images came from, never a model or an engine, so `evaluate`, `train` and any runtime
-share it. matplotlib (Agg, no pyplot state) draws; scikit-learn computes the confusion matrix,
-balanced accuracy and the calibration curve; SciPy bootstraps. Those are training-side packages
-(requirements-train.txt), imported on first use: serving without them is unaffected.
+share it. The figures are metrics.py's (the scoring function evaluate and calibrate use, on
+scikit-learn; the reliability bins and calibration error calibrate prints); matplotlib (Agg, no
+pyplot state) draws; SciPy bootstraps. Those are training-side packages (requirements-train.txt),
+imported on first use: serving without them is unaffected.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from flower_demo import metrics
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, load_rgb, square_uint8
+from flower_demo.metrics import ECE_BINS
 
-TOP_K = 5  # the second accuracy (fewer when the model has fewer classes)
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
@@ -47,7 +50,6 @@ CORRECT_SHOWN = 12  # correct answers in theirs (a seeded sample)
 GRID_COLUMNS = 6
 THUMBNAIL = 120  # pixels, side of each photo in the grids
 GRID_COLOURS = 256  # photo grids are stored as dithered palette PNGs: 40% of the size of full colour
-RELIABILITY_BINS = 10
 DPI = 100
 PLOT_PIXELS = (800, 400)  # width, height of the `predict --plot` figure
 PLOT_MAX_PHOTO = 512  # the photo in that figure is decoded down to this side at most
@@ -158,34 +160,49 @@ def bootstrap_interval(statistic: Any, *samples: np.ndarray) -> tuple[float, flo
 
 def compute(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Everything the report states, as plain Python data (what report.json holds)."""
-    metrics = _library("sklearn.metrics")
-    num_classes = len(class_names)
-    k = min(TOP_K, num_classes)
-    ranked = np.argsort(-probabilities, axis=1, kind="stable")
-    predicted = ranked[:, 0]
-    top1 = (predicted == labels).astype(float)
-    topk = (ranked[:, :k] == labels[:, None]).any(axis=1).astype(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # classes absent from the data
-        balanced = float(metrics.balanced_accuracy_score(labels, predicted))
+    sklearn_metrics = _library("sklearn.metrics")
+    scores = metrics.score(probabilities, labels)
+    correct = scores.predicted == labels
+    in_top_k = metrics.in_top_k(probabilities, labels, scores.k)
     accuracy = {
-        "top1": {"value": float(top1.mean()), "interval": bootstrap_interval(np.mean, top1)},
-        f"top{k}": {"value": float(topk.mean()), "interval": bootstrap_interval(np.mean, topk)},
+        "top1": {"value": scores.top1, "interval": bootstrap_interval(np.mean, correct.astype(float))},
+        f"top{scores.k}": {
+            "value": scores.topk,
+            "interval": bootstrap_interval(np.mean, in_top_k.astype(float)),
+        },
         "mean_per_class": {
-            "value": balanced,
-            "interval": bootstrap_interval(metrics.balanced_accuracy_score, labels, predicted),
+            "value": scores.mean_per_class,
+            "interval": bootstrap_interval(sklearn_metrics.balanced_accuracy_score, labels, scores.predicted),
         },
     }
-    matrix = metrics.confusion_matrix(labels, predicted, labels=np.arange(num_classes))
-    support = matrix.sum(axis=1)
-    hits = np.diag(matrix)
+    confidence = probabilities[np.arange(len(labels)), scores.predicted]
+    return {
+        "n": scores.n,
+        "classes": len(class_names),
+        "k": scores.k,
+        "accuracy": accuracy,
+        "expected_calibration_error": metrics.expected_calibration_error(probabilities, labels),
+        "per_class": per_class_rows(scores.confusion, class_names),
+        "confused_pairs": confused_pairs(scores.confusion, class_names),
+        "confusion_matrix": scores.confusion,
+        "predicted": scores.predicted,
+        "confidence": confidence,
+        "correct": correct,
+        "class_counts": np.bincount(labels, minlength=len(class_names)),
+    }
+
+
+def per_class_rows(matrix: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
+    """Each class with images: its accuracy, images right and in all, and its most frequent wrong
+    answers; worst first."""
+    support, hits = matrix.sum(axis=1), np.diag(matrix)
     off = matrix - np.diag(hits)
-    per_class = []
+    rows = []
     for c in np.argsort(np.where(support > 0, hits / np.maximum(support, 1), np.inf), kind="stable"):
         if support[c] == 0:
             continue  # a class with no images has no accuracy
         answers = np.argsort(-off[c], kind="stable")[:CONFUSED_WITH]
-        per_class.append(
+        rows.append(
             {
                 "class": class_names[c],
                 "accuracy": hits[c] / support[c],
@@ -194,26 +211,20 @@ def compute(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str
                 "confused_with": {class_names[a]: int(off[c, a]) for a in answers if off[c, a] > 0},
             }
         )
+    return rows
+
+
+def confused_pairs(matrix: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
+    """The CONFUSED_PAIRS (true, predicted) pairs with the most images, by name."""
+    support = matrix.sum(axis=1)
+    off = matrix - np.diag(np.diag(matrix))
     # Most images first; among equals, pairs also confused the other way round first.
     worst = np.lexsort((-off.T.ravel(), -off.ravel()))[:CONFUSED_PAIRS]
-    pairs = [
+    return [
         {"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p]), "of": int(support[t])}
         for t, p in zip(*np.unravel_index(worst, off.shape))
         if off[t, p] > 0
     ]
-    return {
-        "n": int(len(labels)),
-        "classes": num_classes,
-        "k": k,
-        "accuracy": accuracy,
-        "per_class": per_class,
-        "confused_pairs": pairs,
-        "confusion_matrix": matrix,
-        "predicted": predicted,
-        "confidence": probabilities[np.arange(len(labels)), predicted],
-        "correct": top1.astype(bool),
-        "class_counts": np.bincount(labels, minlength=num_classes),
-    }
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -297,11 +308,11 @@ def per_class_figure(per_class: list[dict[str, Any]]) -> Any:
 
 
 def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Any:
-    metrics, colors = _library("sklearn.metrics"), _library("matplotlib.colors")
+    sklearn_metrics, colors = _library("sklearn.metrics"), _library("matplotlib.colors")
     many = len(class_names) > 20
     fig = _figure(10, 10) if many else _figure(7, 6)
     ax = fig.add_subplot()
-    display = metrics.ConfusionMatrixDisplay(matrix, display_labels=None if many else class_names)
+    display = sklearn_metrics.ConfusionMatrixDisplay(matrix, display_labels=None if many else class_names)
     # A log scale whose floor lies below 1, so that a single mistake shows clearly beside a full
     # diagonal; empty cells (log of 0) are masked and stay white.
     norm = colors.LogNorm(vmin=0.3, vmax=max(2, int(matrix.max())))
@@ -326,21 +337,20 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Any:
     return fig
 
 
-def reliability_figure(confidence: np.ndarray, correct: np.ndarray) -> Any:
-    calibration = _library("sklearn.calibration")
-    accuracy, mean_confidence = calibration.calibration_curve(
-        correct.astype(int), confidence, n_bins=RELIABILITY_BINS, strategy="uniform", pos_label=1
-    )
+def reliability_figure(confidence: np.ndarray, correct: np.ndarray, ece: float) -> Any:
+    accuracy, mean_confidence, _ = metrics.reliability(confidence, correct, ECE_BINS)
     fig = _figure(6, 6.5)
     top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     top.plot([0, 1], [0, 1], ls="--", color="grey", label="perfectly calibrated")
     top.plot(mean_confidence, accuracy, marker="o", label="this model")
     top.set_ylabel("accuracy of the top-1 answers")
-    top.set_title(f"mean top-1 probability {confidence.mean():.3f}, accuracy {correct.mean():.3f}")
+    top.set_title(
+        f"mean top-1 probability {confidence.mean():.3f}, accuracy {correct.mean():.3f}, ECE {ece:.3f}"
+    )
     top.legend(loc="upper left")
     top.set_ylim(0, 1.02)
-    bottom.hist(confidence, bins=RELIABILITY_BINS, range=(0, 1), color="C0", log=True)
-    bottom.set_xlabel(f"top-1 probability ({RELIABILITY_BINS} equal-width bins)")
+    bottom.hist(confidence, bins=ECE_BINS, range=(0, 1), color="C0", log=True)
+    bottom.set_xlabel(f"top-1 probability ({ECE_BINS} equal-width bins)")
     bottom.set_ylabel("images")
     return fig
 
@@ -413,7 +423,8 @@ def section_texts(found: dict[str, Any]) -> dict[str, str]:
         "(true name, the model's answer and its probability).</p>",
         "correct": f"<p>A seeded sample of {shown} of the {n - wrong} right answers.</p>",
         "reliability": "<p>Top-1 probability against how often the top-1 answer is right: on the "
-        "diagonal, a probability of 80% is right 80% of the time.</p>",
+        "diagonal, a probability of 80% is right 80% of the time. Expected calibration error "
+        f"({ECE_BINS} equal-width bins): {found['expected_calibration_error']:.4f}.</p>",
         "balance": "<p>Images per class in the evaluated data.</p>",
     }
 
@@ -441,7 +452,10 @@ def write_report(
         "confusion": (confusion_figure(found["confusion_matrix"], class_names), False),
         "mistakes": (grid_figure(grid_cells(found, wrong, labels, class_names, items), "no mistakes"), True),
         "correct": (grid_figure(grid_cells(found, right, labels, class_names, items), "none right"), True),
-        "reliability": (reliability_figure(found["confidence"], found["correct"]), False),
+        "reliability": (
+            reliability_figure(found["confidence"], found["correct"], found["expected_calibration_error"]),
+            False,
+        ),
         "balance": (balance_figure(found["class_counts"], class_names), False),
     }
     texts = section_texts(found)
@@ -459,7 +473,8 @@ def write_report(
     )
     (out / PAGE).write_text(page, encoding="utf-8")
     numbers = {"title": title, "source": source, "figures": FIGURES}
-    numbers |= {key: found[key] for key in ("n", "classes", "accuracy", "per_class", "confused_pairs")}
+    keys = ("n", "classes", "accuracy", "expected_calibration_error", "per_class", "confused_pairs")
+    numbers |= {key: found[key] for key in keys}
     (out / NUMBERS).write_text(json.dumps(numbers, indent=1) + "\n", encoding="utf-8")
     return out / PAGE
 

@@ -104,6 +104,8 @@ def test_report_holds_every_section(known_case, tmp_path: Path) -> None:
     low, high = numbers["accuracy"]["top1"]["interval"]
     assert low < 9 / 12 < high
     assert numbers["accuracy"]["mean_per_class"]["value"] == pytest.approx((3 / 4 + 2 / 4 + 1) / 3)
+    assert numbers["expected_calibration_error"] == pytest.approx(0.9 - 9 / 12)  # every answer at 90%
+    assert "Expected calibration error (15 equal-width bins): 0.1500." in text
     worst = numbers["per_class"][0]
     assert (worst["class"], worst["correct"], worst["n"]) == ("beta flower", 2, 4)
     assert worst["confused_with"] == {"gamma flower": 2}
