@@ -10,13 +10,14 @@ Where things live, from the bottom up (each file imports only files above it in 
 - model_files.py what a model folder holds: file names, metadata, label maps, output names
 - core.py      the serving core: engines (LiteRT by default, no TensorFlow), the
                calibration rule, Prediction, Classifier, predict, predict_batch
+- metrics.py   the one scoring function (top-1, top-k, per-class, confusion matrix) and the ECE
 - report.py    where a model fails: the evaluation report (evaluate --report), predict's --plot
 - explain.py   heatmap overlays (from the forward pass) and the gradient Grad-CAM
 - predict.py   the command line (python -m flower_demo.predict); nothing imports it
 - models.py    the Keras side: backbone registry, create_model, save/load, serving outputs, KerasEngine
 - data.py      labelled image sources (Flowers-102 folder, tensorflow_datasets, class folders)
 - evaluate.py  accuracy on a split, through the core (python -m flower_demo.evaluate)
-- calibrate.py fitting the temperature and the "not one of the classes" rule (python -m ...calibrate)
+- calibrate/   fitting the temperature and the "not one of the classes" rule (python -m ...calibrate)
 - export.py    TensorFlow Lite export and its measurements (python -m flower_demo.export)
 - train.py     two-stage training (python -m flower_demo.train)
 The benchmarks live in benchmarks/ at the repository root, the app in app.py.

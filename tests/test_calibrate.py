@@ -15,10 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FIXTURE_FLOWERS, REPO_ROOT, TINY_SIZE, fixture_photos, run_module, save_solid
+from helpers import (
+    FIXTURE_FLOWERS,
+    REPO_ROOT,
+    TINY_SIZE,
+    fixture_photos,
+    honest_labels,
+    run_module,
+    save_solid,
+)
 from scipy.io import savemat
 
 from flower_demo import FlowerDemoError, calibrate, core, model_files, models
+from flower_demo.calibrate import cli, folds, rules
 from flower_demo.core import Classifier, predict, predict_batch
 
 NON_FLOWERS = sorted((REPO_ROOT / "tests" / "fixtures" / "non_flowers").glob("*.jpg"))
@@ -35,48 +44,34 @@ def random_logits(n: int, classes: int, seed: int = 0) -> np.ndarray:
 def test_temperature_on_probabilities_equals_temperature_on_logits() -> None:
     logits = random_logits(50, 7)
     for temperature in (0.3, 1.0, 2.5):
-        scaled = core.apply_temperature(calibrate.softmax(logits), temperature)
-        np.testing.assert_allclose(scaled, calibrate.softmax(logits, temperature), atol=1e-6)
-    one = core.apply_temperature(calibrate.softmax(logits)[0], 0.5)  # a single row
+        scaled = core.apply_temperature(rules.softmax(logits), temperature)
+        np.testing.assert_allclose(scaled, rules.softmax(logits, temperature), atol=1e-6)
+    one = core.apply_temperature(rules.softmax(logits)[0], 0.5)  # a single row
     assert one.shape == (7,) and one.sum() == pytest.approx(1.0, abs=1e-6)
     zeros = core.apply_temperature(np.array([[1.0, 0.0, 0.0]]), 0.5)  # underflowed classes
     assert np.isfinite(zeros).all() and zeros[0, 0] == pytest.approx(1.0)
 
 
 def test_fit_temperature_recovers_the_true_one() -> None:
-    rng = np.random.default_rng(1)
     logits = random_logits(4000, 10, seed=2)
     for true_t in (0.5, 2.0):
-        p = calibrate.softmax(logits, true_t)
-        labels = np.array([rng.choice(10, p=row) for row in p])
+        p = rules.softmax(logits, true_t)
+        labels = honest_labels(p, seed=1)
         # The model reports softmax(logits); the data behave like softmax(logits / true_t).
-        fitted = calibrate.fit_temperature(calibrate.softmax(logits), labels)
+        fitted = rules.fit_temperature(rules.softmax(logits), labels)
         assert fitted == pytest.approx(true_t, rel=0.1)
 
 
-def test_expected_calibration_error() -> None:
-    # Two bins' worth: 4 answers at 0.9 confidence, 3 right; 4 at 0.6, all right.
-    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 4)
-    labels = np.array([0, 0, 0, 1, 0, 0, 0, 0])
-    # |0.75 - 0.9| * 4/8 + |1.0 - 0.6| * 4/8
-    assert calibrate.expected_calibration_error(probs, labels) == pytest.approx(0.075 + 0.2)
-    rng = np.random.default_rng(3)
-    logits = random_logits(20000, 5, seed=4)
-    p = calibrate.softmax(logits)
-    honest = np.array([rng.choice(5, p=row) for row in p])
-    assert calibrate.expected_calibration_error(p, honest) < 0.02
-    assert calibrate.expected_calibration_error(calibrate.softmax(logits, 0.3), honest) > 0.1
-
-
 def test_auroc_energy_and_threshold() -> None:
-    assert calibrate.auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
-    assert calibrate.auroc(np.array([0.1]), np.array([0.9])) == 0.0
-    scores = np.linspace(0, 1, 101)
-    threshold = calibrate.keep_threshold(scores, keep=0.95)
-    assert (scores >= threshold).mean() >= 0.95 and (scores > threshold).mean() < 0.95
+    assert rules.auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert rules.auroc(np.array([0.1]), np.array([0.9])) == 0.0
+    for n in (101, 20, 40, 7):  # 5% of 20 and of 40 is a whole number of photos, of 101 and 7 not
+        scores = np.random.default_rng(n).permutation(np.linspace(0, 1, n))
+        threshold = rules.keep_threshold(scores, keep=0.95)
+        assert (scores >= threshold).mean() >= 0.95 and (scores > threshold).mean() < 0.95
     logits = random_logits(5, 4)
     expected = np.log(np.exp(logits).sum(axis=1))
-    np.testing.assert_allclose(calibrate.energy_score(logits), expected)
+    np.testing.assert_allclose(rules.energy_score(logits), expected)
 
 
 # --- reading a calibration, and predicting with one -------------------------------------------
@@ -182,12 +177,12 @@ def tiny_photos(tmp_path_factory) -> dict[str, list[Path]]:
 
 @pytest.fixture(scope="module")
 def tiny_statistics(tiny_model_dir: Path, tiny_photos) -> dict:
-    """Each rule's statistics fitted by calibrate.fit_statistics on the tiny model's features."""
+    """Each rule's statistics fitted by rules.fit_statistics on the tiny model's features."""
     engine = core.open_engine(tiny_model_dir, "litert")
-    train = calibrate.forward(engine, tiny_photos["train"])
+    train = folds.forward(engine, tiny_photos["train"])
     labels = np.repeat(np.arange(3), 6)
-    return calibrate.fit_statistics(
-        train[model_files.FEATURES], labels, 3, *calibrate.classifier_head(tiny_model_dir)
+    return rules.fit_statistics(
+        train[model_files.FEATURES], labels, 3, *folds.classifier_head(tiny_model_dir)
     )
 
 
@@ -218,8 +213,8 @@ def reference_scores(
 
     features = features.astype(np.float64)
     if rule == "energy":
-        kernel, bias = calibrate.classifier_head(model_dir)
-        return calibrate.energy_score(features @ kernel + bias, 0.7)
+        kernel, bias = folds.classifier_head(model_dir)
+        return rules.energy_score(features @ kernel + bias, 0.7)
     labels = np.repeat(np.arange(3), 6)
     bank = train[model_files.FEATURES].astype(np.float64)
     if rule == "mahalanobis":
@@ -237,16 +232,16 @@ def test_feature_rule_matches_reference_with_both_engines(
 ) -> None:
     folder = with_rule(tiny_model_dir, tmp_path / "model", rule, tiny_statistics)
     engine = core.open_engine(tiny_model_dir, "litert")
-    train = calibrate.forward(engine, tiny_photos["train"])
+    train = folds.forward(engine, tiny_photos["train"])
     photos = tiny_photos["flowers"] + tiny_photos["others"]
-    outputs = calibrate.forward(engine, photos)
+    outputs = folds.forward(engine, photos)
     expected = reference_scores(
         rule, outputs[model_files.FEATURES], outputs[model_files.PROBABILITIES], folder, train
     )
     for which in ("litert", "keras"):
         classifier = Classifier(folder, engine=which)
         assert classifier.calibration.ood_rule == rule and classifier.calibration.feature_dim == 1280
-        got = calibrate.scores(classifier.calibration, calibrate.forward(classifier.engine, photos))
+        got = rules.scores(classifier.calibration, folds.forward(classifier.engine, photos))
         # float16 statistics: a relative error of ~1e-3 of the scores' spread
         spread = float(np.ptp(expected)) or 1.0
         np.testing.assert_allclose(got, expected, atol=5e-3 * spread + 1e-4, rtol=5e-3)
@@ -265,12 +260,10 @@ def test_knn_turns_away_photos_far_from_the_training_ones(
     photos of other colours and keeps the flowers."""
     engine = core.open_engine(tiny_model_dir, "litert")
     rule = core.Calibration(0.7, "knn", 0.0, 2, statistics=tiny_statistics["knn"])
-    flowers = calibrate.scores(rule, calibrate.forward(engine, tiny_photos["flowers"]))
-    others = calibrate.scores(rule, calibrate.forward(engine, tiny_photos["others"]))
-    assert calibrate.auroc(flowers, others) == 1.0
-    folder = with_rule(
-        tiny_model_dir, tmp_path / "m", "knn", tiny_statistics, calibrate.keep_threshold(flowers)
-    )
+    flowers = rules.scores(rule, folds.forward(engine, tiny_photos["flowers"]))
+    others = rules.scores(rule, folds.forward(engine, tiny_photos["others"]))
+    assert rules.auroc(flowers, others) == 1.0
+    folder = with_rule(tiny_model_dir, tmp_path / "m", "knn", tiny_statistics, rules.keep_threshold(flowers))
     classifier = Classifier(folder)
     assert all(p.is_known for p in predict_batch(tiny_photos["flowers"], classifier))
     assert not any(p.is_known for p in predict_batch(tiny_photos["others"], classifier))
@@ -365,9 +358,9 @@ def test_calibrate_command_writes_rule_predictions_use(
     for name in ("max_softmax", "energy, fitted T", "mahalanobis", "knn, k=1", "knn, k=20"):
         assert f"  {name} " in out
     stored = json.loads((flowers102_model / model_files.METADATA_FILE).read_text())["calibration"]
-    assert stored["ood_rule"] == "knn" and stored["ood_k"] in calibrate.K_CANDIDATES
+    assert stored["ood_rule"] == "knn" and stored["ood_k"] in rules.K_CANDIDATES
     report = stored["report"]
-    parts = calibrate.non_flower_photos()
+    parts = folds.non_flower_photos()
     assert report["validation_images"] == 40 and report["non_flowers"] == len(parts["held_out"])
     assert report["choice_photos"] == len(parts["choice"]) and report["rule_microseconds"] > 0
     assert set(report["rules"]["mahalanobis"]) == {
@@ -385,7 +378,7 @@ def test_calibrate_command_writes_rule_predictions_use(
     photos = sorted((fake_flowers102 / "jpg").glob("*.jpg"))[204:]
     kept = np.mean([p.is_known for p in predict_batch(photos, classifier)])
     # The threshold keeps 95% of the validation images; the one at the threshold may fall either side.
-    assert kept >= calibrate.KEEP_FLOWERS - 1 / len(photos)
+    assert kept >= rules.KEEP_FLOWERS - 1 / len(photos)
 
 
 def test_calibrate_other_rule_dry_run_and_errors(
@@ -459,26 +452,34 @@ def test_final_model_is_calibrated_out_of_fold_with_an_estimate(
     assert "unchosen" not in estimate and estimate["recipe_chosen_on_scored"] is False
 
 
-def test_the_fold_the_recipe_was_picked_on_is_marked(
-    flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
-) -> None:
-    """--recipe-chosen-on RUN: that fold's figure is a selected one; the estimate also gives the
-    folds no choice saw (no epoch chosen on their scored photos, no recipe picked on them)."""
-    pytest.importorskip("sklearn")
-    final = recipe_run(flowers102_model, tmp_path / "final", "train,validation", "none", True)
-    fold1 = recipe_run(flowers102_model, tmp_path / "fold1", "train", "validation", True)
-    fold2 = recipe_run(flowers102_model, tmp_path / "fold2", "validation", "train", True)
-    args = ["--model", str(final), "--data-dir", str(fake_flowers102), "--folds", str(fold1), str(fold2)]
-    assert calibrate.main([*args, "--recipe-chosen-on", str(fold1)]) == 0
-    out = capsys.readouterr().out
-    estimate = json.loads((final / model_files.METADATA_FILE).read_text())["estimate"]
+def test_the_fold_the_recipe_was_picked_on_is_marked(tmp_path: Path) -> None:
+    """The fold the recipe was picked on: its figure is a selected one; the estimate also gives the
+    folds no choice saw (no epoch chosen on their scored photos, no recipe picked on them). On
+    answers whose figures are known: ten classes, each answer's runners-up the later classes."""
+    fold1 = folds.Fold(tmp_path / "fold1", None, ["train"], "validation", chosen_on_scored=False)
+    fold2 = folds.Fold(tmp_path / "fold2", None, ["validation"], "train", chosen_on_scored=False)
+    folds.mark_recipe_choice([fold1, fold2], tmp_path / "fold2" / ".." / "fold1")  # fold1, spelt otherwise
+    answers = [np.array([0, 1, 2, 0]), np.array([0, 1, 2, 3, 4, 0, 0, 0, 0, 0])]
+    labels = [np.arange(4), np.arange(10)]
+    held = [{model_files.PROBABILITIES: np.eye(10)[a] + np.linspace(0, 0.1, 10)} for a in answers]
+    estimate = folds.fold_estimate([fold1, fold2], held, labels)
     first, second = estimate["folds"]
+    assert (first["top1"], first["top5"]) == (0.75, 0.75)  # class 3 answered 0: top 5 is 0, 9, 8, 7, 6
+    assert (second["top1"], second["top5"]) == (0.5, 0.9)  # classes 6 to 9 in the top 5, 5 not
     assert (first["recipe_chosen_on_scored"], second["recipe_chosen_on_scored"]) == (True, False)
-    assert estimate["recipe_chosen_on_scored"] is True
+    assert estimate["recipe_chosen_on_scored"] is True and estimate["chosen_on_scored"] is False
     assert estimate["unchosen"] == {"folds": 1, "top1": second["top1"], "top5": second["top5"]}
     assert estimate["top1"] == pytest.approx((first["top1"] + second["top1"]) / 2)  # the mean stays
+    out = "\n".join(cli.estimate_lines(estimate))
     assert "(the recipe was chosen on them)" in out and "the folds no choice saw (1)" in out
 
+
+def test_recipe_chosen_on_a_run_that_is_not_a_fold(
+    flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
+) -> None:
+    fold1 = recipe_run(flowers102_model, tmp_path / "fold1", "train", "validation", True)
+    fold2 = recipe_run(flowers102_model, tmp_path / "fold2", "validation", "train", True)
+    args = ["--model", str(fold1), "--data-dir", str(fake_flowers102), "--folds", str(fold1), str(fold2)]
     assert calibrate.main([*args, "--recipe-chosen-on", str(tmp_path / "elsewhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --recipe-chosen-on") and "not one of the --folds runs" in err
@@ -498,7 +499,7 @@ def data_labels(folder: Path, photos: list[Path]) -> list[int]:
 def test_non_flower_photo_set_is_listed_with_source_and_licence() -> None:
     import csv
 
-    folder = calibrate.OOD_PHOTOS
+    folder = folds.OOD_PHOTOS
     with open(folder / "photos.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["file"] for r in rows) == sorted(p.name for p in folder.glob("*.jpg"))
@@ -506,7 +507,7 @@ def test_non_flower_photo_set_is_listed_with_source_and_licence() -> None:
     assert {"animal", "people", "street", "building", "indoor", "food", "object", "landscape"} <= {
         r["group"] for r in rows
     }
-    parts = calibrate.non_flower_photos()
+    parts = folds.non_flower_photos()
     assert 0.3 <= len(parts["held_out"]) / len(rows) <= 0.4
     assert not set(parts["held_out"]) & set(parts["choice"])
     assert sum(p.stat().st_size for p in folder.iterdir()) < 5_000_000
@@ -534,7 +535,7 @@ def test_shipped_keeps_flower(calibrated_shipped, photo: Path) -> None:
 
 def test_shipped_rule_turns_away_held_out_non_flowers(calibrated_shipped) -> None:
     """The acceptance bar on the photos no choice saw: at least 95% turned away."""
-    held_out = calibrate.non_flower_photos()["held_out"]
+    held_out = folds.non_flower_photos()["held_out"]
     rejected = np.mean([not p.is_known for p in predict_batch(held_out, calibrated_shipped)])
     assert rejected >= 0.95
     assert calibrated_shipped.calibration.ood_rule == "knn"
