@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from flower_demo import core
 from flower_demo.errors import FlowerDemoError
@@ -63,7 +64,7 @@ def explain_path(out: str, image: str, several: bool) -> Path:
     return out_path.with_name(f"{out_path.stem}_{Path(image).stem}{out_path.suffix or '.png'}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flower_demo.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument(
@@ -106,54 +107,86 @@ def main(argv: list[str] | None = None) -> int:
         help="also write the photo beside a bar chart of its top-K to OUT.png; "
         "with several images, to OUT_<image stem>.png each",
     )
-    args = p.parse_args(argv)
-    try:
-        classifier = core.Classifier(args.model, args.category_names, args.engine)
-        classifier.check_top_k(args.top_k)
-        if args.explain and not classifier.explains:
-            raise FlowerDemoError("--explain: this model returns no class activation maps")
-    except FlowerDemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def open_classifier(args: argparse.Namespace) -> core.Classifier:
+    """The classifier the arguments name, checked against --top_k and --explain."""
+    classifier = core.Classifier(args.model, args.category_names, args.engine)
+    classifier.check_top_k(args.top_k)
+    if args.explain and not classifier.explains:
+        raise FlowerDemoError("--explain: this model returns no class activation maps")
+    return classifier
+
+
+def figures(
+    args: argparse.Namespace, path: str, prediction: core.Prediction, several: bool
+) -> dict[str, str]:
+    """Write what --explain and --plot ask for of one image: {"explanation": file, "plot": file}.
+    A figure that cannot be written is a FlowerDemoError naming the image."""
+    written = {}
+    if args.explain:
+        out = explain_path(args.explain, path, several)
+        try:
+            save_overlay(path, out, prediction.heatmap)
+        except FlowerDemoError as exc:
+            raise FlowerDemoError(f"{path}: heatmap: {exc}") from None
+        written["explanation"] = str(out)
+    if args.plot:
+        from flower_demo.report import plot_prediction
+
+        try:
+            written["plot"] = str(plot_prediction(path, prediction, explain_path(args.plot, path, several)))
+        except FlowerDemoError as exc:
+            raise FlowerDemoError(f"{path}: --plot: {exc}") from None
+    return written
+
+
+def show(args: argparse.Namespace, path: str, prediction: core.Prediction, written: dict[str, str]) -> None:
+    """Print one image's table and the figures written for it (nothing with --json)."""
+    if args.json:
+        return
+    print(format_table(path, prediction))
+    if "explanation" in written:
+        print(f"  heatmap overlay: {written['explanation']}")
+    if "plot" in written:
+        print(f"  top-{len(prediction.class_names)} chart: {written['plot']}")
+
+
+def classify(args: argparse.Namespace, classifier: core.Classifier) -> list[dict[str, Any]]:
+    """One record per input: the prediction and the figures written, or its error (also printed)."""
     paths, problems = expand_inputs(args.images)
-    explain = bool(args.explain)
+    explain, several = bool(args.explain), len(paths) > 1
     results = (
         core.predict_batch(paths, classifier, args.top_k, skip_errors=True, explain=explain) if paths else []
     )
     records = []
     for path, result in [*zip(paths, results), *problems]:
-        if explain and not isinstance(result, FlowerDemoError):
-            out = explain_path(args.explain, path, several=len(paths) > 1)
+        if not isinstance(result, FlowerDemoError):
             try:
-                save_overlay(path, out, result.heatmap)
+                written = figures(args, path, result, several)
             except FlowerDemoError as exc:
-                result = FlowerDemoError(f"{path}: heatmap: {exc}")
-        if args.plot and not isinstance(result, FlowerDemoError):
-            from flower_demo.report import plot_prediction
-
-            try:
-                plot = plot_prediction(path, result, explain_path(args.plot, path, several=len(paths) > 1))
-            except FlowerDemoError as exc:
-                result = FlowerDemoError(f"{path}: --plot: {exc}")
+                result = exc
         if isinstance(result, FlowerDemoError):
             print(f"error: {result}", file=sys.stderr)
             records.append({"image": path, "error": str(result)})
         else:
-            records.append({"image": path, **result.as_dict()})
-            if explain:
-                records[-1]["explanation"] = str(out)
-            if args.plot:
-                records[-1]["plot"] = str(plot)
-            if not args.json:
-                print(format_table(path, result))
-                if explain:
-                    print(f"  heatmap overlay: {out}")
-                if args.plot:
-                    print(f"  top-{len(result.class_names)} chart: {plot}")
+            records.append({"image": path, **result.as_dict(), **written})
+            show(args, path, result, written)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        classifier = open_classifier(args)
+    except FlowerDemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    records = classify(args, classifier)
     if args.json:
         print(json.dumps(records, indent=2))
-    failed = sum("error" in r for r in records)
-    return 1 if failed else 0
+    return 1 if any("error" in record for record in records) else 0
 
 
 if __name__ == "__main__":
