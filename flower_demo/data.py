@@ -145,7 +145,9 @@ def tfds_split_names(name: str, data_dir: str | None = None) -> list[str]:
 def load_image_folder(
     root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[LabeledImages, LabeledImages]:
-    """(train, validation) from root/CLASS_NAME/*.jpg; the split is stratified and seeded."""
+    """(train, validation) from root/CLASS_NAME/*.jpg: a seeded split, stratified by class
+    (scikit-learn's train_test_split) over the classes with several images; a class of one image
+    goes to training."""
     root = Path(root)
     if not root.is_dir():
         raise FlowerDemoError(f"image folder not found: {root}")
@@ -157,30 +159,33 @@ def load_image_folder(
     kept = [(d, files) for d, files in zip(class_dirs, per_class) if files]
     if len(kept) < 2:
         raise FlowerDemoError(f"{root} needs at least two class sub-folders holding images")
-    rng = np.random.default_rng(seed)
-    splits: dict[str, tuple[list[Path], list[int]]] = {
-        "train": ([], []),
-        "validation": ([], []),
-    }
-    for label, (_, files) in enumerate(kept):
-        order = rng.permutation(len(files))
-        n_val = int(round(len(files) * val_fraction)) if len(files) > 1 else 0
-        for rank, index in enumerate(order):
-            part = "validation" if rank < n_val else "train"
-            splits[part][0].append(files[index])
-            splits[part][1].append(label)
+    items = [path for _, files in kept for path in files]
+    labels = np.repeat(np.arange(len(kept)), [len(files) for _, files in kept])
+    try:
+        train, val = stratified_split(labels, val_fraction, seed)
+    except ValueError as exc:  # fewer held-out or training images than classes
+        raise FlowerDemoError(
+            f"cannot split {root} with validation fraction {val_fraction}: {first_line(exc)}"
+        ) from None
     names = [clean_class_name(d.name) for d, _ in kept]
-    train, val = (
-        LabeledImages(
-            items,
-            np.array(labels, dtype=int),
-            names,
-            len(items),
-            f"folder:{root}:{part}",
-        )
-        for part, (items, labels) in splits.items()
+    part = lambda name, indices: LabeledImages(
+        [items[i] for i in indices], labels[indices], names, len(indices), f"folder:{root}:{name}"
     )
-    return train, val
+    return part("train", train), part("validation", val)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices, each in order: round(val_fraction x the images of the classes
+    with several) held out, each class in proportion (train_test_split; a ValueError when that leaves
+    a class out of either part)."""
+    from sklearn.model_selection import train_test_split
+
+    several = np.flatnonzero(np.bincount(labels)[labels] > 1)
+    n_val = int(round(val_fraction * len(several)))
+    if n_val == 0:
+        return np.arange(len(labels)), np.zeros(0, np.int64)
+    _, val = train_test_split(several, test_size=n_val, stratify=labels[several], random_state=seed)
+    return np.setdiff1d(np.arange(len(labels)), val), np.sort(val)
 
 
 # --- decoding and augmentation ---------------------------------------------------------------

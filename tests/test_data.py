@@ -191,6 +191,16 @@ def test_image_folder_errors(tmp_path):
         data.load_image_folder(tmp_path / "one")
 
 
+def test_image_folder_split_too_small_for_every_class(class_tree):
+    """Two images held out cannot hold one of each of three classes: a one-line error, not a split
+    that leaves a class out of validation; a fraction that holds out none leaves validation empty."""
+    with pytest.raises(FlowerDemoError, match="cannot split .* validation fraction 0.05") as caught:
+        data.load_image_folder(class_tree, val_fraction=0.05)
+    assert "\n" not in str(caught.value)
+    train, val = data.load_image_folder(class_tree, val_fraction=0.01)
+    assert len(train) == 31 and len(val) == 0
+
+
 def test_single_image_class_goes_to_training(tmp_path):
     root = make_class_tree(tmp_path / "t", {"a": (255, 0, 0), "b": (0, 0, 255)}, per_class=1, size=20)
     save_solid(root / "b" / "extra.png", (0, 0, 255), (20, 20))
