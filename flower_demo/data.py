@@ -175,13 +175,14 @@ def load_image_folder(
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training, validation) indices, each in order: round(val_fraction x the images of the classes
-    with several) held out, each class in proportion (train_test_split; a ValueError when that leaves
-    a class out of either part)."""
+    """(training, validation) indices, each in order. Of each class with several images, about
+    round(val_fraction x its images) are held out: that many in all, shared out in proportion by
+    train_test_split (a ValueError when that leaves a class out of either part)."""
     from sklearn.model_selection import train_test_split
 
-    several = np.flatnonzero(np.bincount(labels)[labels] > 1)
-    n_val = int(round(val_fraction * len(several)))
+    counts = np.bincount(labels)
+    several = np.flatnonzero(counts[labels] > 1)
+    n_val = sum(int(round(val_fraction * n)) for n in counts[counts > 1])
     if n_val == 0:
         return np.arange(len(labels)), np.zeros(0, np.int64)
     _, val = train_test_split(several, test_size=n_val, stratify=labels[several], random_state=seed)
