@@ -2,11 +2,13 @@
 
 This file owns the page, its one API endpoint (`/predict`) and the limits a public host needs,
 nothing else: decoding images, running the model, naming classes, rejecting what is none of them
-(calibrate.py) and Grad-CAM (explain.py) all happen in `flower_demo`. The page says one thing at
-a time: a confident answer heads the chart; a rejected or unsure photo gets no species heading,
-only its closest candidates; a file that cannot be read gets one message and a clean page. The
-"Explain (Grad-CAM)" box is off by default; its overlay opens in a tab beside the photo and is a
-private event, computed only while the box is ticked.
+(flower_demo.calibrate) and Grad-CAM (explain.py) all happen in `flower_demo`. The page says one
+thing at a time: a confident answer heads the chart of the top five species; a rejected or unsure
+photo gets no species heading, only its closest candidates and a verdict giving its own reason; a
+file that cannot be read gets one message and a clean page. The About text leads with the model's
+own measured accuracy, read from its metadata.json. The "Explain (Grad-CAM)" box is off by
+default; its overlay opens in a tab beside the photo and is a private event, computed only while
+the box is ticked.
 Limits: uploads over MAX_FILE_SIZE are refused by Gradio before they reach this code, the upload
 cache is emptied on a schedule (CACHE_CLEANUP), and past MAX_QUEUE waiting requests the page and
 API answer "busy, try again" at once instead of queueing without end.
@@ -32,24 +34,40 @@ from flower_demo.core import Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
 
-TOP_K = 5
-MIN_SHOWN = 0.005  # chart rows under 0.5% say nothing ("0%"): a confident answer shows fewer rows
-# For a model without a stored calibration: below this top-1 probability the page says the model
-# is not sure. Chosen on the validation set of an uncalibrated interim model (86.8% top-1): its
-# answers at or above 0.3 were right 95% of the time, those below only 54%. A calibrated model
-# (metadata "calibration", see flower_demo/calibrate.py) rejects below its own threshold instead.
+TOP_K = 5  # the chart's rows: every one of the top five is shown, however small
+# Below this top-1 probability the page says it is not sure instead of naming an answer, whatever
+# the rejection rule says. Chosen on the validation set of an uncalibrated interim model (86.8%
+# top-1): its answers at or above 0.3 were right 95% of the time, those below only 54%. A
+# calibrated model's probabilities say how often it is right (ECE 1.1% on the shipped model's
+# test photos), so an answer under 0.3 is right less than about a third of the time.
 LOW_CONFIDENCE = 0.3
-CONCURRENCY_LIMIT = 2  # predictions run at once; the classifier's tf.function is thread-safe
+CONCURRENCY_LIMIT = 2  # predictions at once: LiteRT takes them in turn (a lock), Keras's graph in parallel
 EXPLAIN_CONCURRENCY = 1  # Grad-CAMs at once, in their own queue so they never hold up `/predict`
-MAX_QUEUE = 32  # requests waiting at once (~4 s at the 8 calls/s of BENCHMARKS "Soak"); more: "busy"
+MAX_QUEUE = 32  # requests waiting at once (~2.5 s at the 13 calls/s of BENCHMARKS "Soak"); more: "busy"
 MAX_FILE_SIZE = "20mb"  # Gradio's unit: 20 MiB; a phone photo is 2-8 MB
 CACHE_CLEANUP = (3600, 3600)  # (every, older than) seconds: uploads are deleted after an hour or two
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"  # NNN_species.jpg: Flowers-102 label id NNN (see its README.md)
 LABEL_MAP = ROOT / "label_map.json"  # the data set's label id -> species name, for example labels
 PHOTO_TAB, GRADCAM_TAB = "photo", "gradcam"
+TEST_KEY = "test_measurement"  # metadata.json: this model's figures on the official test split
 DATASET_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 PROMPT = "Upload a photo of a flower, take one with the webcam, or pick an example below."
+# Why the calibration's rule turned a photo away, by rule (core.OOD_RULES): the feature rules find
+# it unlike the training flowers, the probability rules find no species likely enough.
+REJECTION_REASONS = {
+    "knn": "It looks unlike every flower photo the model learnt from.",
+    "mahalanobis": "It looks unlike every flower photo the model learnt from.",
+    "max_softmax": "No species is likely enough for the model to trust its answer.",
+    "energy": "No species is likely enough for the model to trust its answer.",
+}
+REJECTED = "The model's check for photos outside its species turned it away."  # any other rule
+CHART_ID = "species-chart"
+# Gradio's Label prints each row's share as a whole percent, so a row under 0.5% would read "0%":
+# on the page it reads "<1%" (the API still returns the exact probability).
+TINY_ROW = f'#{CHART_ID} .confidence-set:has(meter[aria-valuenow="0"]) .confidence'  # Label's "0%"
+CSS = f"""{TINY_ROW} {{ visibility: hidden; position: relative; }}
+{TINY_ROW}::after {{ content: "<1%"; visibility: visible; position: absolute; right: 0; }}"""
 
 # Loaded once at start-up; every request shares it.
 try:
@@ -94,20 +112,26 @@ class SpeciesChart(gr.Label):
 
 
 def verdict(prediction: Prediction) -> str:
-    """The top-1 answer in words; a weak one is called a guess, never stated as fact, and a photo
-    the calibration rejects is said to be none of the species."""
+    """The answer in words, with the reason the page gives it: a photo the calibration's rule turns
+    away is said to be none of the species, with that rule's reason (never its probability's); a
+    top-1 under LOW_CONFIDENCE is called a guess and says so; any other is stated as the answer."""
     name, probability = prediction.top1
+    known = len(CLASSIFIER.class_names)
     if not prediction.is_known:
+        rule = CLASSIFIER.calibration.ood_rule if CLASSIFIER.calibration else ""
+        reason = REJECTION_REASONS.get(rule, REJECTED)
         return (
-            f"**This does not look like one of the {len(CLASSIFIER.class_names)} species I know.** "
-            f"The closest is *{name}*, at {probability:.0%}, too low to trust: the photo may show "
-            "something other than a flower, another plant, several flowers, or a hard view."
+            f"**This does not look like one of the {known} species I know.** {reason} The chart shows "
+            f"the closest species (*{name}* first); its percentages only compare the {known} species "
+            "with each other, so they cannot say that the photo shows none of them. It may show "
+            "something other than a flower, another plant, or several flowers."
         )
     if probability < LOW_CONFIDENCE:
         return (
-            f"**Not sure.** The closest match is *{name}*, but only at {probability:.0%}, which is "
-            "too low to trust. The photo may show a flower outside the 102 species the model knows, "
-            "several flowers, or a hard view. The chart shows the other candidates."
+            f"**Not sure.** The best match is *{name}*, at only {probability:.0%}: under the "
+            f"{LOW_CONFIDENCE:.0%} the app needs before it names an answer. The photo may show a flower "
+            f"outside the {known} species, several flowers, or a hard view; the chart shows the other "
+            "candidates."
         )
     return f"Most likely **{name}** ({probability:.0%})."
 
@@ -122,14 +146,14 @@ def heading(prediction: Prediction) -> str:
 
 
 def chart(prediction: Prediction) -> dict[str, Any]:
-    """The chart, as `/predict` returns it: {"label": heading, "confidences": [{label, confidence}]}.
-
-    A rejected or unsure photo's rows are its closest candidates, under a heading that says so.
-    Rows under MIN_SHOWN are left out (the top one always stays).
+    """The chart, as `/predict` returns it: {"label": heading, "confidences": [{label, confidence}]},
+    every one of the prediction's top classes, best first (the page shows a row under 0.5% as "<1%").
     """
     rows = zip(prediction.class_names, prediction.probabilities)
-    shown = [{"label": n, "confidence": float(p)} for i, (n, p) in enumerate(rows) if not i or p >= MIN_SHOWN]
-    return {"label": heading(prediction), "confidences": shown}
+    return {
+        "label": heading(prediction),
+        "confidences": [{"label": n, "confidence": float(p)} for n, p in rows],
+    }
 
 
 def classify(image: str | None) -> tuple[dict[str, Any] | None, str]:
@@ -177,7 +201,16 @@ def examples() -> tuple[list[str], list[str]]:
 
 def accuracy_text(metadata: dict[str, Any]) -> str:
     """How often its top answer is right on photos it never trained on, and how that was measured:
-    the recipe's estimate (calibrate --folds) when there is one, else its validation figure."""
+    this model's own test figure (TEST_KEY) when it was measured, else its recipe's estimate
+    (calibrate --folds), else its validation figure. Only one of them: they are different models'."""
+    measured = metadata.get(TEST_KEY, {})
+    if "top1" in measured and "top5" in measured:
+        return (
+            f"On {measured['images']:,} photos of the data set's official {measured['split']} split, which "
+            "it never trained on and no choice was made on, its first answer was right for "
+            f"**{measured['top1']:.2%}** and the right species was among its top five for "
+            f"**{measured['top5']:.2%}** (measured independently, on this very model)."
+        )
     estimate = metadata.get("estimate", {})
     if "top1" in estimate and estimate.get("folds"):
         folds = "; ".join(
@@ -223,35 +256,49 @@ def accuracy_text(metadata: dict[str, Any]) -> str:
     return text
 
 
-def about(metadata: dict[str, Any], class_names: list[str]) -> str:
-    """What the model knows, how well it does on photos it never saw, and what it cannot do."""
-    accuracy = accuracy_text(metadata)
-    report = metadata.get("calibration", {}).get("report", {})
-    if "kept_flowers" in report and "non_flowers" in report:
-        how = "a check"
-        if str(report.get("rule", "")).startswith("knn"):
-            how = "the photo's features are compared with its nearest training flowers, a check"
-        auroc = f" (AUROC {report['auroc']:.3f})" if isinstance(report.get("auroc"), float) else ""
-        limits = (
-            f"it only knows these species. When a photo looks like none of them, the verdict says so: "
-            f"{how} that kept {report['kept_flowers']:.0%} of held-out flowers and turned away "
-            f"{report['non_flowers_rejected']} of {report['non_flowers']} held-out photos of animals, "
-            f"people, streets, buildings and objects{auroc}. A flower it has never seen can still get "
-            "the name of a look-alike."
+def rejection_text(metadata: dict[str, Any]) -> str:
+    """What the "not one of the species" check does, with this model's own figures only: on the
+    test photos when measured there, else on the calibration's held-out non-flower photos."""
+    calibration = metadata.get("calibration", {})
+    if not calibration:
+        return (
+            "it always answers with one of these species, so a flower it has never seen gets the "
+            "name of a look-alike (the verdict says so when it is unsure)."
+        )
+    how = "the verdict says so instead of naming one"
+    if calibration.get("ood_rule") in ("knn", "mahalanobis"):
+        how = "when a photo looks unlike every flower photo it learnt from, " + how
+    else:
+        how = "when no species is likely enough, " + how
+    measured, report = metadata.get(TEST_KEY, {}), calibration.get("report", {})
+    if "flowers_rejected" in measured and "non_flowers_rejected" in measured:
+        figures = (
+            f": it turned away {measured['flowers_rejected']:.1%} of the test flowers, and "
+            f"{measured['non_flowers_rejected']:.1%} of {measured['non_flowers']} withheld "
+            f"{measured.get('non_flowers_kind', 'non-flower photos')}"
+        )
+    elif "non_flowers" in report:
+        figures = (
+            f": it turned away {report['non_flowers_rejected']} of {report['non_flowers']} held-out "
+            "photos of animals, people, streets, buildings and objects"
         )
     else:
-        limits = (
-            "it only knows these species and always answers with one of them, so a flower it "
-            "has never seen gets the name of a look-alike (the verdict says so when it is unsure)."
-        )
+        figures = ""
+    return f"{how}{figures}. A flower it has never seen can still get the name of a look-alike."
+
+
+def about(metadata: dict[str, Any], class_names: list[str]) -> str:
+    """How often it is right on photos it never saw (first), what it knows, and what it cannot do."""
     return f"""## About
+**How often it is right:** {accuracy_text(metadata)}
+
 **What it knows:** the {len(class_names)} flower species of the
 [Oxford Flowers-102]({DATASET_URL}) data set (list below), learnt by fine-tuning
-{metadata["backbone"]} at {metadata["image_size"]} px. {accuracy}
+{metadata["backbone"]} at {metadata["image_size"]} px.
 
-**Limits:** {limits} Photos of a single flower, filling the frame, work best. It is a demo,
-**not a plant-safety tool**: never use it to decide whether a plant is edible, poisonous or safe
-for pets.
+**Limits:** it only knows these species; {rejection_text(metadata)} Photos of a single flower,
+filling the frame, work best. It is a demo, **not a plant-safety tool**: never use it to decide
+whether a plant is edible, poisonous or safe for pets.
 """
 
 
@@ -278,7 +325,9 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
                         elem_id="gradcam",
                     )
             with gr.Column():
-                chart_box = SpeciesChart(num_top_classes=TOP_K, label="Answer, and the closest species")
+                chart_box = SpeciesChart(
+                    num_top_classes=TOP_K, label="Answer, and the closest species", elem_id=CHART_ID
+                )
                 answer = gr.Markdown(PROMPT, label="Verdict")
                 explain_box = gr.Checkbox(
                     value=False,
@@ -332,9 +381,9 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
 
 
 def launch(blocks: gr.Blocks | None = None, **options: Any) -> tuple[Any, str, str]:
-    """Serve `blocks` (default: `demo`) with the upload size limit, which Gradio takes at launch,
-    not at build; `options` go to `Blocks.launch` (port, quiet, ...)."""
-    return (blocks or demo).launch(max_file_size=MAX_FILE_SIZE, **options)
+    """Serve `blocks` (default: `demo`) with the upload size limit and the page's CSS, which Gradio
+    takes at launch, not at build; `options` go to `Blocks.launch` (port, quiet, ...)."""
+    return (blocks or demo).launch(max_file_size=MAX_FILE_SIZE, css=CSS, **options)
 
 
 demo = build_demo()
