@@ -63,7 +63,7 @@ DEFAULT_TOP_K = 5
 LITERT_NOISE = re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate")  # printed at every load
 
 
-# --- calibration applied at run time (fitted by calibrate.py) --------------------------------
+# --- calibration applied at run time (fitted by calibrate/) ----------------------------------
 
 CALIBRATION_KEY = "calibration"
 # Rules prediction can apply, each with the arrays it reads from OOD_FILE (see known_score).
