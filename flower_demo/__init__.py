@@ -19,7 +19,7 @@ Where things live, from the bottom up (each file imports only files above it in 
 - evaluate.py  accuracy on a split, through the core (python -m flower_demo.evaluate)
 - calibrate/   fitting the temperature and the "not one of the classes" rule (python -m ...calibrate)
 - export.py    TensorFlow Lite export and its measurements (python -m flower_demo.export)
-- train.py     two-stage training (python -m flower_demo.train)
+- train/       two-stage training (python -m flower_demo.train), a package of small parts
 The benchmarks live in benchmarks/ at the repository root, the app in app.py.
 """
 

@@ -1,0 +1,68 @@
+"""Train a flower classifier in two stages and save it into a run folder
+(`python -m flower_demo.train`; the options are in cli.py, their defaults in config.py).
+
+Stage 1 trains the dense head on the frozen backbone. Stage 2 unfreezes the top of the backbone
+(from the registry's `fine_tune_from` layer up) at a low learning rate; BatchNorm layers stay
+frozen and in inference mode. `--fine-tune whole` unfreezes every layer instead (BatchNorm still
+frozen) and augments the photos afresh in every epoch: the usual way on a GPU; on a 2-core CPU
+about three times the cached way's CPU time, for no gain on Flowers-102 (README, "The shipped model").
+
+Distillation: `--teachers RUN ...` averages the probabilities of other trained runs on each cached
+view (the same augmented pixels the student's activations come from) and blends them, by
+`--distill`, into the labels the student trains on in both stages: several models' knowledge in
+the one small model that ships.
+
+Why it is fast on a CPU: the frozen bottom of the backbone is the expensive part, and its output
+does not change during training. So each training image is augmented `--views` times up front,
+the bottom runs once per view, and both stages train on those cached activations; each epoch
+draws one random view per image. Decoded images and activations stay in memory and are also
+saved in the run folder, so `--resume` restarts where a run stopped without recomputing them.
+With a GPU the same steps run there, in mixed precision.
+
+A run folder holds what outputs.RUN_README (written into it as README.txt) lists, and report/
+(where the model fails on the validation split: flower_demo.report). `weights/` is written only
+with `--ship`.
+
+The parts, in the order a run uses them:
+- config.py     TrainConfig (every option and its default), PRESETS, reading a stored recipe
+- cli.py        the command line: options in groups, --quick/--preset, --config
+- pipeline.py   the run as a sequence of steps
+- splits.py     which images are trained on and which scored
+- caching.py    decoded images, activations of each view, pooled features, kept in cache/
+- distill.py    the teachers and the soft targets
+- stages.py     a stage's models, batches (RandomViews), optimizer and schedule, and its loop
+- averaging.py  the warmed-up weight average (a Keras callback)
+- outputs.py    the run folder's README.txt, curves, metadata, model.tflite, `ship`
+"""
+
+from flower_demo.train.caching import CACHE_BATCH, activation_steps, cache_activations, pooled_features
+from flower_demo.train.cli import build_parser, main, parse_args
+from flower_demo.train.config import PRESETS, TrainConfig
+from flower_demo.train.distill import load_teachers
+from flower_demo.train.outputs import ship
+from flower_demo.train.pipeline import run
+from flower_demo.train.splits import load_splits
+from flower_demo.train.stages import RandomViews, compile_stage, fit_stage, head_model, split_model, unfreeze
+
+# What the commands, the benchmark (benchmarks/measure.py) and README's `ship` use.
+__all__ = [
+    "CACHE_BATCH",
+    "PRESETS",
+    "RandomViews",
+    "TrainConfig",
+    "activation_steps",
+    "build_parser",
+    "cache_activations",
+    "compile_stage",
+    "fit_stage",
+    "head_model",
+    "load_splits",
+    "load_teachers",
+    "main",
+    "parse_args",
+    "pooled_features",
+    "run",
+    "ship",
+    "split_model",
+    "unfreeze",
+]

@@ -1,0 +1,43 @@
+"""Distillation: trained models ("teachers") whose averaged probabilities of each cached view
+become soft targets, blended into the labels by --distill.
+
+The teachers see the very augmented pixels the student's activations come from (caching.py calls
+them on each batch of views), so a soft target says what they make of that view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from flower_demo import models
+from flower_demo.errors import FlowerDemoError
+
+
+def load_teachers(paths: list[str], class_names: list[str], image_size: int) -> Callable:
+    """pixels -> the teachers' averaged probabilities, after checking that each teacher knows the
+    same classes, in the same order, at the same input size as the run."""
+    forwards = []
+    for path in paths:
+        teacher, metadata = models.load_model(path)
+        if metadata["class_names"] != class_names:
+            raise FlowerDemoError(f"teacher {path} knows other classes than the training data")
+        if int(teacher.input_shape[1]) != image_size:
+            size = teacher.input_shape[1]
+            raise FlowerDemoError(f"teacher {path} takes {size} px, this run {image_size} px")
+        forwards.append(models.compiled_forward(teacher))
+    return lambda pixels: np.mean([np.asarray(forward(pixels)) for forward in forwards], axis=0)
+
+
+def check_distill(weight: float) -> None:
+    if not 0 <= weight <= 1:
+        raise FlowerDemoError(f"--distill must be between 0 and 1, not {weight}")
+
+
+def blend(one_hot: np.ndarray, soft: np.ndarray | None, weight: float) -> np.ndarray:
+    """The targets a stage trains on: the (n, classes) labels, or with the teachers' (views, n,
+    classes) probabilities, (1 - weight) * labels + weight * teachers, per view."""
+    if soft is None:
+        return one_hot
+    return (1 - weight) * one_hot[None] + weight * np.asarray(soft, "float32")
