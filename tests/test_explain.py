@@ -1,5 +1,6 @@
 """Grad-CAM (flower_demo.explain): the heatmap's shape and range, its overlay, the predict command
-line's --explain, and, on the shipped model, that the heat lies on the flower in clear photos."""
+line's --explain, and, on the shipped model, that the heat lies on the flower in clear photos (a
+regression check: those photos are from the validation split the shipped model trained on)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,9 @@ def test_forward_pass_map_equals_gradient_gradcam(tiny_classifier, tmp_path: Pat
 
 
 @pytest.mark.parametrize("name", sorted(FLOWER_BOXES))
-def test_heat_lies_on_the_flower(shipped_classifier, name: str, tmp_path: Path) -> None:
+def test_regression_heat_lies_on_the_flower(shipped_classifier, name: str, tmp_path: Path) -> None:
+    """A regression check on photos the shipped model trained on (the fixture photos are from the
+    validation split, part of its training data): not evidence of where it looks on new photos."""
     photo = FIXTURE_FLOWERS / name
     heat = explain.heatmap(photo, shipped_classifier)
     assert np.corrcoef(heat.ravel(), explain.gradcam(photo, shipped_classifier).ravel())[0, 1] >= 0.99

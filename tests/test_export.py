@@ -1,6 +1,7 @@
 """TFLite export (flower_demo.export): the files and metadata it writes, running them through
 Classifier and the predict command line, its errors, and on the shipped model that float16 and int8
-files name the same species as the Keras model on the fixture photos."""
+files name the same species as the Keras model on the fixture photos (a regression check: those
+are validation photos the shipped model trained on)."""
 
 from __future__ import annotations
 
@@ -175,9 +176,11 @@ def shipped_exports(shipped_model_dir: Path, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["int8"])
-def test_shipped_tflite_names_the_same_species(
+def test_regression_shipped_tflite_names_the_same_species(
     shipped_classifier, shipped_model_dir: Path, shipped_exports: Path, quantize: str
 ) -> None:
+    """The quantized file answers as the float model does. A regression check, not accuracy
+    evidence: the fixture photos are validation photos the shipped model trained on."""
     photos = fixture_photos()
     lite = Classifier(shipped_exports / export.tflite_file_name(quantize))
     expected = [p.class_ids[0] for p in predict_batch(photos, shipped_classifier)]

@@ -1,5 +1,6 @@
 """Decoding every kind of image into the model's input, refusing bad ones with one readable line,
-and the prediction API and command line on good and bad input."""
+and the prediction API and command line on good and bad input; on the shipped model, a regression
+check that it names the fixture photos (validation photos it trained on) right."""
 
 from __future__ import annotations
 
@@ -588,7 +589,10 @@ KNOWN_MISSES: dict[str, str] = {}
     ],
     ids=[p.stem for p in PHOTOS],
 )
-def test_shipped_model_classifies_fixture_photos(photo, shipped_classifier, shipped_metadata):
+def test_regression_shipped_model_classifies_fixture_photos(photo, shipped_classifier, shipped_metadata):
+    """A regression check, not accuracy evidence: the fixture photos are validation photos the
+    shipped model trained on (train + validation); its accuracy is evaluate's, on the test split
+    (weights/README.md)."""
     prediction = flower_demo.predict(photo, model=shipped_classifier, top_k=5)
     check_prediction(prediction, shipped_classifier, 5)
     expected = shipped_metadata["class_names"][label_id(photo) - 1]
