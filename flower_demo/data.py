@@ -1,13 +1,16 @@
 """Where labelled images come from, and how they are decoded and augmented for training.
 
 Three sources, one result type (`LabeledImages`: what to decode, its labels, the class names):
-- a folder in Flowers-102's own layout (`jpg/`, `imagelabels.mat`, `setid.mat`), official splits;
+- a folder in Flowers-102's own layout (`jpg/`, `imagelabels.mat`, `setid.mat`), official splits,
+  its 102 class names from oxford_class_names.txt beside this file (never the repository's
+  label_map.json, which names the shipped model's classes and `train --ship` rewrites);
 - `tensorflow_datasets` (`oxford_flowers102`, `tf_flowers`, ...), official splits kept as they are;
 - any class-per-folder image tree, with a seeded, stratified validation split.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_demo import model_files
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import IMAGE_EXTENSIONS, ImageLike, square_uint8
 
 OXFORD_SPLITS = {"train": "trnid", "validation": "valid", "test": "tstid"}
+OXFORD_CLASS_NAMES = "oxford_class_names.txt"  # beside this file: Flowers-102's names, one a line
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding and resizing
 
 
@@ -45,8 +48,10 @@ def clean_class_name(name: str) -> str:
 
 
 def oxford_class_names() -> list[str]:
-    """The 102 names, as label_map.json holds them (tensorflow_datasets' names, cleaned)."""
-    return model_files.load_label_map(model_files.SHIPPED_LABEL_MAP, 102)
+    """Flowers-102's 102 names in label order (tensorflow_datasets' names, cleaned). They belong to
+    the data set, so they ship with this loader: label_map.json names whatever model was shipped."""
+    text = importlib.resources.files("flower_demo").joinpath(OXFORD_CLASS_NAMES).read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from helpers import make_class_tree, save_solid
 from PIL import Image
 from scipy.io import savemat
 
-from flower_demo import FlowerDemoError, data
+from flower_demo import FlowerDemoError, data, model_files
 from flower_demo.images import square_uint8
 
 # --- a folder in Flowers-102's own layout -----------------------------------------------------
@@ -51,6 +52,20 @@ def test_oxford_class_names_from_tfds_metadata(oxford_dir):
     assert "pink-yellow dahlia" in names  # "pink-yellow dahlia?" in tfds
     assert all(name == data.clean_class_name(name) and "?" not in name and "_" not in name for name in names)
     assert len(set(names)) == 102
+
+
+@pytest.mark.parametrize("label_map", ["absent", "another model's"])
+def test_oxford_class_names_never_come_from_the_label_map(label_map, oxford_dir, tmp_path, monkeypatch):
+    """`train --ship` rewrites label_map.json with the shipped model's classes (here 5, reversed):
+    Flowers-102's own names must not change with it."""
+    expected = data.load_oxford_folder(oxford_dir, "train").class_names
+    shipped_map = tmp_path / "label_map.json"
+    if label_map != "absent":
+        shipped_map.write_text(json.dumps(model_files.label_map_from_names(expected[:5][::-1])))
+    monkeypatch.setattr(model_files, "SHIPPED_LABEL_MAP", shipped_map)
+    names = data.load_oxford_splits(oxford_dir, ["train", "test"]).class_names
+    assert names == expected and len(names) == 102
+    assert names[:3] == ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
 
 
 def test_oxford_split_with_no_images_is_an_error(oxford_dir):
