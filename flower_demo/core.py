@@ -50,6 +50,7 @@ from flower_demo.model_files import (  # what a model folder holds; core's calle
     check_against_metadata,
     load_label_map,
     model_dir,
+    model_file,
     native_stderr_filtered,
     read_metadata,
 )
@@ -359,8 +360,8 @@ def open_engine(path: str | os.PathLike | None, engine: str | None = None) -> An
     if chosen == "keras":
         from flower_demo.models import KerasEngine  # TensorFlow/Keras: only when asked for
 
-        return KerasEngine(Path(path) if path is not None and Path(path).suffix == ".keras" else folder)
-    tflite = Path(path) if path is not None and Path(path).suffix == ".tflite" else folder / TFLITE_FILE
+        return KerasEngine(model_file(path, MODEL_FILE))
+    tflite = model_file(path, TFLITE_FILE)  # a .tflite of any name is served as itself
     if not tflite.is_file() and not folder.is_dir():
         raise FlowerDemoError(f"model folder not found: {folder}")
     return LiteRTEngine(tflite)

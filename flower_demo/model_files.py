@@ -44,6 +44,17 @@ def model_dir(path: str | os.PathLike | None) -> Path:
     return path.parent if path.suffix in (".keras", ".tflite") else path
 
 
+def model_file(path: str | os.PathLike | None, name: str) -> Path:
+    """The network to run for `path`: the `.keras` or `.tflite` file it names, whatever that file
+    is called (runs/x/best.keras), else the folder's `name` (MODEL_FILE or TFLITE_FILE)."""
+    suffix = Path(name).suffix
+    if path is None or Path(path).suffix not in (".keras", ".tflite"):
+        return model_dir(path) / name
+    if Path(path).suffix != suffix:
+        raise FlowerDemoError(f"{path} is not a {suffix} file")
+    return Path(path)
+
+
 def metadata_path(path: str | os.PathLike | None = None) -> Path:
     """Where the metadata of the model folder (or .keras / .tflite file) at `path` lives."""
     return model_dir(path) / METADATA_FILE

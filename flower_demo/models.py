@@ -269,7 +269,7 @@ def load_model(
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Load a saved model folder (or its .keras file) and check it against its metadata."""
     folder = model_files.model_dir(path)
-    model_path = folder / model_files.MODEL_FILE
+    model_path = model_files.model_file(path, model_files.MODEL_FILE)  # best.keras is served as itself
     if not model_path.is_file():
         raise FlowerDemoError(f"model file not found: {model_path}")
     metadata = model_files.read_metadata(folder)
@@ -327,7 +327,7 @@ class KerasEngine:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.model, self.metadata = load_model(path)
-        self.path = model_files.model_dir(path) / model_files.MODEL_FILE
+        self.path = model_files.model_file(path, model_files.MODEL_FILE)
         self.serving = serving_model(self.model)
         self.forward = compiled_forward(self.serving)
         self.image_size = int(self.model.input_shape[1])

@@ -5,6 +5,7 @@ check that it names the fixture photos (validation photos it trained on) right."
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from helpers import (
 from PIL import Image
 
 import flower_demo
-from flower_demo import FlowerDemoError, process_image
+from flower_demo import FlowerDemoError, model_files, process_image
 from flower_demo.images import MAX_PIXELS, list_images, load_rgb, square_uint8
 
 PHOTOS = fixture_photos()
@@ -487,6 +488,30 @@ def test_label_map(tiny_model_dir, tmp_path, good_pngs):
     with pytest.raises(FlowerDemoError, match="do not match") as excinfo:
         Classifier(tiny_model_dir, tmp_path / "five.json")
     one_line_error(excinfo)
+
+
+@pytest.mark.parametrize("engine, suffix", [("litert", ".tflite"), ("keras", ".keras")])
+def test_a_model_file_of_any_name_is_served_as_that_file(
+    engine, suffix, tiny_model_dir, tiny_classifier, tmp_path, good_pngs
+):
+    """runs/x/best.keras is served as itself with its folder's metadata.json, even where the
+    folder's own model.keras and model.tflite are something else (here: not models at all)."""
+    from flower_demo.core import Classifier
+
+    chosen = tmp_path / f"best{suffix}"
+    shutil.copy(tiny_model_dir / f"model{suffix}", chosen)
+    shutil.copy(tiny_model_dir / "metadata.json", tmp_path)
+    for name in ("model.keras", "model.tflite"):
+        (tmp_path / name).write_bytes(b"another file")
+    classifier = Classifier(chosen)
+    assert (classifier.engine.name, classifier.engine.path) == (engine, chosen)
+    prediction = flower_demo.predict(good_pngs[0], model=classifier, top_k=3)
+    expected = flower_demo.predict(good_pngs[0], model=tiny_classifier, top_k=3)
+    assert prediction.class_ids == expected.class_ids
+    np.testing.assert_allclose(prediction.probabilities, expected.probabilities, atol=1e-4)
+    other = ".keras" if suffix == ".tflite" else ".tflite"
+    with pytest.raises(FlowerDemoError, match=rf"best\{suffix} is not a \{other} file"):
+        model_files.model_file(chosen, f"model{other}")
 
 
 # --- the command line ------------------------------------------------------------------------
