@@ -371,11 +371,34 @@ def bench_keras(
 # --- training --------------------------------------------------------------------------------
 
 
+def epoch_seconds(trainable: Any, views: np.ndarray, labels: np.ndarray, lr: float) -> float:
+    """Median seconds per epoch of one stage, trained as flower_demo.train trains it (RandomViews
+    batches, compile_stage's optimizer and loss, the weight average) with the default TrainConfig;
+    epoch 1 (tracing) is left out."""
+    import keras
+
+    from flower_demo import train
+    from flower_demo.train.averaging import WeightAverage
+
+    config = train.TrainConfig()
+    one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")[labels]
+    batches = train.RandomViews(views, one_hot, config.batch_size, config.seed, config.mixup)
+    train.compile_stage(trainable, lr, TRAIN_EPOCHS, len(batches), config)
+    times: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: times.append(time.perf_counter() - times.pop()),
+    )
+    average = [WeightAverage(config.ema)] if config.ema else []
+    trainable.fit(batches, epochs=TRAIN_EPOCHS, callbacks=[timer, *average], verbose=0)
+    return float(np.median(times[1:]))
+
+
 def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) -> dict[str, Any]:
-    """Seconds per epoch of both training stages on `n_images` photos, along train.py's functions:
-    create_model (random weights: timing does not depend on them), split_model at the registry's
-    cut, activation_steps and cache_activations (view 0 plain, the others augmented),
-    pooled_features for stage 1, RandomViews batches and compile_stage; mixed precision on a GPU.
+    """Seconds per epoch of both training stages on `n_images` photos, through flower_demo.train's
+    own parts: create_model (random weights: timing does not depend on them), split_model at the
+    registry's cut, activation_steps and cache_activations (view 0 plain, the others augmented),
+    pooled_features for stage 1, then epoch_seconds; mixed precision on a GPU.
     Not included: validation and checkpoint writing."""
     import keras
 
@@ -384,13 +407,13 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     backbone = str(metadata["backbone"])
     if backbone not in models.BACKBONES:
         return {"skipped": f"backbone {backbone} is not in the registry; training is timed for those"}
-    defaults = train.parse_args(["--data-dir", "unused"])  # train.py's default settings
+    config = train.TrainConfig()  # the training defaults
     size, num_classes = int(metadata["image_size"]), len(metadata["class_names"])
-    keras.utils.set_random_seed(defaults.seed)
+    keras.utils.set_random_seed(config.seed)
     gpu = models.gpu_available()
     if gpu:  # as train.run does
         keras.mixed_precision.set_global_policy("mixed_float16")
-    model = models.create_model(backbone, num_classes, size, None, defaults.dropout)
+    model = models.create_model(backbone, num_classes, size, None, config.dropout)
     cut = models.BACKBONES[backbone].fine_tune_from
     bottom, top = train.split_model(model, backbone, cut)
 
@@ -398,7 +421,7 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     decoded = np.concatenate(list(data.iter_decoded(photos, size, evaluate.EVAL_BATCH)))
     images = decoded[np.arange(n_images) % len(decoded)]
     labels = np.arange(n_images) % num_classes
-    steps = train.activation_steps(bottom, data.make_augmenter(defaults.seed))
+    steps = train.activation_steps(bottom, data.make_augmenter(config.seed))
     for step in steps:  # trace both
         step(images[: train.CACHE_BATCH].astype("float32"))
     start = time.perf_counter()
@@ -406,22 +429,10 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     cache_s = time.perf_counter() - start
     pooled = np.stack([train.pooled_features(top, view) for view in acts])
 
-    def epoch_seconds(trainable: Any, views: np.ndarray, lr: float) -> float:
-        one_hot = np.eye(num_classes, dtype="float32")[labels]
-        batches = train.RandomViews(views, one_hot, defaults.batch_size, defaults.seed, defaults.mixup)
-        train.compile_stage(trainable, lr, TRAIN_EPOCHS, len(batches), defaults)
-        times: list[float] = []
-        timer = keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()),
-            on_epoch_end=lambda epoch, logs: times.append(time.perf_counter() - times.pop()),
-        )
-        trainable.fit(batches, epochs=TRAIN_EPOCHS, callbacks=[timer], verbose=0)
-        return float(np.median(times[1:]))  # epoch 1 includes tracing
-
     log(f"training: stage 1 and stage 2, {TRAIN_EPOCHS} epochs each")
-    stage1_s = epoch_seconds(train.head_model(pooled.shape[2:], model), pooled, defaults.stage1_lr)
+    stage1_s = epoch_seconds(train.head_model(pooled.shape[2:], model), pooled, labels, config.stage1_lr)
     train.unfreeze(top)
-    stage2_s = epoch_seconds(train.head_model(acts.shape[2:], model, top), acts, defaults.stage2_lr)
+    stage2_s = epoch_seconds(train.head_model(acts.shape[2:], model, top), acts, labels, config.stage2_lr)
     keras.mixed_precision.set_global_policy("float32")
     return {
         "images": n_images,
