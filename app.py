@@ -30,11 +30,11 @@ from typing import Any
 
 import gradio as gr
 
-from flower_demo.core import Classifier, Prediction, predict
+from flower_demo.core import DEFAULT_TOP_K, Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
 
-TOP_K = 5  # the chart's rows: every one of the top five is shown, however small
+TOP_K = DEFAULT_TOP_K  # the chart's rows: every one of the top five is shown, however small
 # Below this top-1 probability the page says it is not sure instead of naming an answer, whatever
 # the rejection rule says. Chosen on the validation set of an uncalibrated interim model (86.8%
 # top-1): its answers at or above 0.3 were right 95% of the time, those below only 54%. A
