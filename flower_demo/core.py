@@ -57,8 +57,11 @@ from flower_demo.model_files import (  # what a model folder holds; core's calle
 
 ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
 ENGINES = ("auto", "litert", "keras")
-THREADS_ENV = "FLOWER_DEMO_THREADS"  # LiteRT interpreter threads; default: every core
-NUM_THREADS = int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1)
+THREADS_ENV = "FLOWER_DEMO_THREADS"  # LiteRT interpreter threads; default: every CPU this process may use
+# The CPUs a container, a Space or taskset lets this process run on (os.cpu_count() counts the
+# host's); os.sched_getaffinity is missing on macOS and Windows.
+USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+NUM_THREADS = int(os.environ.get(THREADS_ENV) or USABLE_CPUS)
 BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
 LITERT_NOISE = re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate")  # printed at every load
@@ -516,6 +519,7 @@ class Classifier:
 
 
 _shipped: Classifier | None = None
+_shipped_lock = threading.Lock()  # threads that ask for the shipped model at once load it once
 
 
 def get_classifier(model: Classifier | str | os.PathLike | None) -> Classifier:
@@ -525,8 +529,9 @@ def get_classifier(model: Classifier | str | os.PathLike | None) -> Classifier:
         return model
     if model is not None:
         return Classifier(model)
-    if _shipped is None:
-        _shipped = Classifier()
+    with _shipped_lock:
+        if _shipped is None:
+            _shipped = Classifier()
     return _shipped
 
 
