@@ -23,9 +23,13 @@ from typing import Any
 
 from flower_demo.errors import FlowerDemoError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL_DIR = REPO_ROOT / "weights"
-SHIPPED_LABEL_MAP = REPO_ROOT / "label_map.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when running from one
+# An installed wheel carries weights/ and label_map.json as flower_demo/shipped/ (setup.py puts
+# them there); a checkout, or an editable install, has no such folder and serves its own.
+PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "shipped"
+INSTALLED = PACKAGED_MODEL_DIR.is_dir()
+SHIPPED_MODEL_DIR = PACKAGED_MODEL_DIR if INSTALLED else REPO_ROOT / "weights"
+SHIPPED_LABEL_MAP = (PACKAGED_MODEL_DIR if INSTALLED else REPO_ROOT) / "label_map.json"
 MODEL_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 METADATA_FILE = "metadata.json"

@@ -18,6 +18,7 @@ from flower_demo import model_files, models  # noqa: F401  first: it keeps Tenso
 import keras
 
 from flower_demo import data
+from flower_demo.errors import FlowerDemoError
 
 RUN_README = """This folder is one run of `python -m flower_demo.train` (flower_demo).
 
@@ -110,6 +111,11 @@ def export_for_serving(run_dir: Path) -> Path | None:
 
 def ship(run_dir: Path) -> None:
     """Copy the run's model into weights/ and write the matching label_map.json."""
+    if model_files.INSTALLED:  # a checkout's weights/, never the installed package's own copy
+        raise FlowerDemoError(
+            f"--ship replaces a checkout's weights/ and label_map.json, and this flower_demo is an "
+            f"installed package; serve the run with --model {run_dir}, or ship from a checkout"
+        )
     model_files.SHIPPED_MODEL_DIR.mkdir(exist_ok=True)
     for name in (
         model_files.MODEL_FILE,
