@@ -1,4 +1,19 @@
-"""The one exception type the public API raises for anything a user can get wrong."""
+"""The one exception type the public API raises for anything a user can get wrong, and the one line
+that names what to install when an optional package is missing."""
+
+TRAIN_INSTALL = 'pip install "flower_demo[train]" (in a checkout: pip install -r requirements-train.txt)'
+# The optional packages by module: training, evaluation and calibration need the train extra; a
+# plot (`predict --plot`, `evaluate --confusion-matrix`) needs matplotlib alone.
+OPTIONAL_PACKAGES = {
+    "tensorflow": ("TensorFlow", TRAIN_INSTALL),
+    "keras": ("Keras", TRAIN_INSTALL),
+    "tensorflow_datasets": ("tensorflow-datasets", TRAIN_INSTALL),
+    "tensorflow_hub": ("tensorflow-hub", TRAIN_INSTALL),
+    "scipy": ("SciPy", TRAIN_INSTALL),
+    "sklearn": ("scikit-learn", TRAIN_INSTALL),
+    "skimage": ("scikit-image", TRAIN_INSTALL),
+    "matplotlib": ("matplotlib", "pip install matplotlib"),
+}
 
 
 class FlowerDemoError(ValueError):
@@ -9,3 +24,13 @@ def first_line(exc: BaseException) -> str:
     """A library exception as one readable line (its first line, or its type if it says nothing)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def missing_package(exc: ModuleNotFoundError) -> FlowerDemoError:
+    """An optional package's absence as one line naming what to install. Any other missing module
+    (the project's own, a serving requirement) is a broken install, not a choice: `exc` again."""
+    module = (exc.name or "").split(".")[0]
+    if module not in OPTIONAL_PACKAGES:
+        raise exc
+    package, install = OPTIONAL_PACKAGES[module]
+    return FlowerDemoError(f"this needs {package}, which is not installed: {install}")

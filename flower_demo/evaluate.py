@@ -1,6 +1,6 @@
 """Measure a saved model on a labelled split: top-1, top-5, per-class accuracy, confusion matrix.
 
-    python -m flower_demo.evaluate --model weights --data-dir DATA_DIR --split validation --json
+    python -m flower_demo.evaluate --model weights --data-dir DATA_DIR --split test --json
 
 It runs through the serving core (core.Classifier), so it measures exactly what `predict` and
 the app serve: the same decoding (flower_demo.images), the same engine (LiteRT by default,
@@ -9,6 +9,13 @@ decoded by a thread pool while the engine works on the previous batch.
 
 Several `--model`s are measured as one ensemble: their served probabilities averaged, each model
 at its own input size. That is the figure an ensemble teacher gives `train --teachers`.
+
+Models meet the data by class name (metrics.class_columns): a model may list the classes in
+another order or know more of them (an answer naming one the data lacks is wrong); a class it
+does not know is a one-line error. A model scored on photos its metadata says it trained on (an
+official split of the data set its "data" record names, or the same class-per-folder tree cut
+another way) is named in a one-line warning on stderr, and `--json` says "trained_on_scored": its
+figures there measure what it learnt, not its accuracy on new photos.
 """
 
 from __future__ import annotations
@@ -17,16 +24,21 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flower_demo import core, data, metrics, model_files, report
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, missing_package
 from flower_demo.images import ImageLike
 
 EVAL_BATCH = 64
+# The validation part of a class-per-folder tree that --image-folder scores: cut as train cuts it
+# by default (--val-fraction, --seed), so a model trained on the tree that way never saw it.
+FOLDER_SPLIT = {"val_fraction": 0.2, "seed": 0}
+FLOWERS102 = "oxford_flowers102"  # a --data-dir folder's data set, by its tensorflow_datasets name
 
 
 def predict_probabilities(
@@ -60,15 +72,54 @@ def evaluate_model(
 
 def ensemble_probabilities(classifiers: Sequence[core.Classifier], images: Sequence[ImageLike]) -> np.ndarray:
     """The classifiers' served probabilities averaged over `images`, each decoded at its model's
-    input size; they must name the same classes in the same order."""
-    names = classifiers[0].metadata["class_names"]
-    for other in classifiers[1:]:
-        if other.metadata["class_names"] != names:
-            raise FlowerDemoError(
-                f"the models name different classes: {classifiers[0].engine.path} and {other.engine.path}"
-            )
-    outputs = [predict_probabilities(c.probabilities, images, c.image_size) for c in classifiers]
+    input size, in the first one's class order: they must name the same classes, in any order."""
+    first = classifiers[0]
+    names = lambda c: c.metadata["class_names"]
+    columns = [
+        metrics.same_classes(names(first), names(c), f"model {first.engine.path}", f"model {c.engine.path}")
+        for c in classifiers
+    ]
+    outputs = [
+        predict_probabilities(c.probabilities, images, c.image_size)[:, order]
+        for c, order in zip(classifiers, columns)
+    ]
     return np.mean(outputs, axis=0)
+
+
+def split_names(splits: Any) -> set[str]:
+    """Official split names without tfds slices ("train[:80%]" is part of train), from a list or
+    a comma-separated string."""
+    pieces = splits.split(",") if isinstance(splits, str) else splits or []
+    return {str(piece).strip().split("[")[0] for piece in pieces if str(piece).strip()}
+
+
+def trained_data(metadata: dict[str, Any]) -> tuple[str | None, set[str]]:
+    """(the data set a model trained on, by name, and which of its splits) from its metadata: the
+    "data" record train writes ("dataset", "train_splits"), or for a model from before that
+    record, the options in "training" (a Flowers-102 folder, a tree, or a tfds name)."""
+    record, training = metadata.get("data") or {}, metadata.get("training") or {}
+    if record.get("dataset"):
+        return str(record["dataset"]), split_names(record.get("train_splits"))
+    if training.get("data_dir"):
+        name = FLOWERS102
+    elif training.get("image_folder"):
+        name = Path(training["image_folder"]).resolve().name
+    else:
+        name = training.get("tfds")
+    return name, split_names(training.get("train_splits", "train"))
+
+
+def trained_on_scored(metadata: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether the model's metadata says it trained on the photos `args` score: the same data set
+    (a Flowers-102 folder is tfds' oxford_flowers102; a tree goes by its folder's name) and an
+    official split it trained on, or a tree's validation part cut otherwise than FOLDER_SPLIT."""
+    name, splits = trained_data(metadata)
+    if args.image_folder:
+        training = metadata.get("training") or {}
+        cut_otherwise = any(training.get(key, value) != value for key, value in FOLDER_SPLIT.items())
+        return name == Path(args.image_folder).resolve().name and cut_otherwise
+    scored = FLOWERS102 if args.data_dir else args.tfds
+    return name == scored and args.split.split("[")[0] in splits
 
 
 def save_confusion_matrix(matrix: np.ndarray, path: str | Path) -> None:
@@ -117,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object: top1, top5, n, expected",
+        help="print one JSON object: top1, top5, n, expected, trained_on_scored",
     )
     p.add_argument("--confusion-matrix", metavar="PNG", help="also save the confusion matrix here")
     p.add_argument("--report", metavar="DIR", help="also write the report of where the model fails into DIR")
@@ -130,27 +181,53 @@ def load_split(args: argparse.Namespace) -> data.LabeledImages:
         return data.load_oxford_folder(args.data_dir, args.split)
     if args.tfds:
         return data.load_tfds(args.tfds, args.split)
-    return data.load_image_folder(args.image_folder)[1]
+    return data.load_image_folder(args.image_folder, **FOLDER_SPLIT)[1]
 
 
-def measure(args: argparse.Namespace) -> tuple[data.LabeledImages, list[str], np.ndarray, str | None]:
-    """(the split, the class names, the served probabilities of the models as one, the report page
-    or None): everything the command prints, measured."""
+@dataclass
+class Measurement:
+    """Everything the command prints: the split, its labels as the model's class indices, the
+    model's class names, the served probabilities of the models as one, the report page (or None)
+    and the models that trained on the scored photos."""
+
+    split: data.LabeledImages
+    labels: np.ndarray
+    class_names: list[str]
+    probabilities: np.ndarray
+    page: str | None
+    trained_on_scored: list[str]
+
+
+def measure(args: argparse.Namespace) -> Measurement:
+    """The models the arguments name, run on the split they name; the labels matched by name."""
     if args.report:
         report.check_out_dir(args.report)
     classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
     class_names = classifiers[0].metadata["class_names"]
     split = load_split(args)
-    if len(split.class_names) != len(class_names):
-        raise FlowerDemoError(f"the data has {len(split.class_names)} classes, the model {len(class_names)}")
+    columns = metrics.class_columns(class_names, split.class_names, f"model {args.model[0]}", "the data")
+    labels = columns[np.asarray(split.labels, np.int64)]
     probabilities = ensemble_probabilities(classifiers, split.items)
     page = None
     if args.report:  # the probabilities users are served (temperature-scaled if calibrated)
         title = f"Evaluation report: model {' + '.join(Path(m).name for m in args.model)}"
         page = report.write_report(
-            args.report, probabilities, split.labels, class_names, split.items, title, split.source
+            args.report, probabilities, labels, class_names, split.items, title, split.source
         )
-    return split, class_names, probabilities, None if page is None else str(page)
+    trained = [m for m, c in zip(args.model, classifiers) if trained_on_scored(c.metadata, args)]
+    return Measurement(
+        split, labels, class_names, probabilities, None if page is None else str(page), trained
+    )
+
+
+def warn_trained_on_scored(models: list[str], args: argparse.Namespace) -> None:
+    """One line on stderr: which models trained on the photos scored, and where to score instead."""
+    scored = f"the validation part of {args.image_folder}" if args.image_folder else f"the {args.split} split"
+    print(
+        f"warning: {' and '.join(models)} trained on {scored}, which it is scored on here: the figures "
+        "measure what it learnt, not its accuracy on new photos (score a split it never trained on)",
+        file=sys.stderr,
+    )
 
 
 def print_per_class(scores: metrics.Scores, class_names: list[str]) -> None:
@@ -161,27 +238,39 @@ def print_per_class(scores: metrics.Scores, class_names: list[str]) -> None:
         print(f"  {accuracy:6.1%}  {name}" if not np.isnan(accuracy) else f"     -   {name}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        split, class_names, probabilities, page = measure(args)
-    except FlowerDemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    scores = metrics.score(probabilities, np.asarray(split.labels))
+def run(args: argparse.Namespace) -> None:
+    """Measure, then print the figures (one JSON object with --json) and save what is asked for."""
+    measured = measure(args)
+    if measured.trained_on_scored:
+        warn_trained_on_scored(measured.trained_on_scored, args)
+    split, page = measured.split, measured.page
+    scores = metrics.score(measured.probabilities, measured.labels)
     if args.json:
         summary = {"top1": scores.top1, "top5": scores.topk, "n": scores.n, "expected": split.expected}
-        print(json.dumps({**summary, **({"report": page} if page else {})}))
+        flags = {"trained_on_scored": bool(measured.trained_on_scored)}
+        print(json.dumps({**summary, **flags, **({"report": page} if page else {})}))
     else:
         print(f"{split.source}: {scores.n} of {split.expected} images found")
         print(f"top-1 {scores.top1:.4f}   top-5 {scores.topk:.4f}")
-        print_per_class(scores, class_names)
+        print_per_class(scores, measured.class_names)
         if page:
             print(f"report: {page}")
     if args.confusion_matrix:
         save_confusion_matrix(scores.confusion, args.confusion_matrix)
         if not args.json:
             print(f"confusion matrix saved to {args.confusion_matrix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except FlowerDemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # only requirements.txt installed
+        print(f"error: {missing_package(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

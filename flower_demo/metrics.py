@@ -5,7 +5,13 @@ and the one expected calibration error.
                                             # mean_per_class, per_class, confusion, predicted
     expected_calibration_error(probabilities, labels)   # ECE_BINS equal-width bins
 
+    class_columns(model_classes, data_classes, "model M", "the data")[labels]   # labels, as M's columns
+    same_classes(first_classes, other_classes, "model A", "model B")   # B's columns in A's order
+
 Probabilities are (images, classes), labels 0-based class indices; the columns are the classes.
+A model meets data (or another model) by class name, never by position: a model may list the
+classes in another order, or know more (a flower the data lacks; answering it is then simply
+wrong); a class it does not know is a one-line FlowerDemoError naming the first.
 scikit-learn computes the confusion matrix and top-k accuracy (with every class named, so that a
 class absent from the data still counts); top-1, per-class and mean per-class accuracy are read
 off the confusion matrix (its trace, its diagonal over each row; the mean over the classes the data
@@ -16,11 +22,13 @@ serving core never need it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from flower_demo.core import DEFAULT_TOP_K
+from flower_demo.errors import FlowerDemoError
 
 ECE_BINS = 15  # equal-width confidence bins of the calibration error and the reliability diagram
 
@@ -94,3 +102,31 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     correct = probabilities.argmax(axis=1) == np.asarray(labels)
     accuracy, confidence, share = reliability(probabilities.max(axis=1), correct, bins)
     return float(np.sum(share * np.abs(accuracy - confidence)))
+
+
+# --- a model's classes against the data's, by name -------------------------------------------
+
+
+def class_columns(known: Sequence[str], wanted: Sequence[str], known_as: str, wanted_as: str) -> np.ndarray:
+    """For each class of `wanted`, the index of the class of the same name in `known`, which may
+    list them in another order and hold more. `known_as` and `wanted_as` name the two in the error:
+    "{wanted_as} has a class NAME that {known_as} does not know", for the first such class."""
+    index = {name: i for i, name in enumerate(known)}
+    missing = next((name for name in wanted if name not in index), None)
+    if missing is not None:
+        raise FlowerDemoError(f"{wanted_as} has a class {missing!r} that {known_as} does not know")
+    return np.array([index[name] for name in wanted], dtype=np.int64)
+
+
+def same_classes(first: Sequence[str], other: Sequence[str], first_as: str, other_as: str) -> np.ndarray:
+    """The columns of `other`'s probabilities in `first`'s class order; the two must name the same
+    classes (in any order), or a one-line FlowerDemoError names the first class one lacks."""
+    class_columns(first, other, first_as, other_as)  # other knows nothing first does not
+    return class_columns(other, first, other_as, first_as)
+
+
+def among(probabilities: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """A model's probabilities of some of its classes (`columns`, from class_columns), in that order,
+    renormalised to sum to 1: what a model that knows more classes says among those."""
+    chosen = np.asarray(probabilities)[:, columns]
+    return chosen / chosen.sum(axis=1, keepdims=True)

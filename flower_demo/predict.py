@@ -8,7 +8,8 @@ It prints a table per image (or `--json`), one `error:` line per input it cannot
 with the rest, and exits 1 if any failed (2 for a bad model, label map or top_k). It runs on the
 serving core, so it needs no TensorFlow: LiteRT runs the model folder's model.tflite unless
 `--engine keras` (or FLOWER_DEMO_ENGINE=keras) asks for the Keras model. `--explain` draws the
-class activation map of the same forward pass.
+class activation map of the same forward pass; `--plot` needs matplotlib alone. A missing optional
+package is one `error:` line naming what to install.
 
 Only `python -m` runs this file; nothing imports it, so `flower_demo.predict` stays the function.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flower_demo import core
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, missing_package
 from flower_demo.explain import save_overlay
 from flower_demo.images import list_images
 
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         classifier = open_classifier(args)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # --engine keras without TensorFlow
+        print(f"error: {missing_package(exc)}", file=sys.stderr)
         return 2
     records = classify(args, classifier)
     if args.json:

@@ -15,8 +15,8 @@ This module sees only arrays (probabilities (n, classes), 0-based labels), class
 items the images came from, never a model or an engine, so `evaluate`, `train` and any runtime
 share it. The figures are metrics.py's (the scoring function evaluate and calibrate use, on
 scikit-learn; the reliability bins and calibration error calibrate prints); matplotlib (Agg, no
-pyplot state) draws; SciPy bootstraps. Those are training-side packages (requirements-train.txt),
-imported on first use: serving without them is unaffected.
+pyplot state) draws; SciPy bootstraps. Those are optional packages, imported on first use:
+serving without them is unaffected, and `plot_prediction` needs matplotlib alone.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from flower_demo import metrics
-from flower_demo.errors import FlowerDemoError, first_line
+from flower_demo.errors import FlowerDemoError, first_line, missing_package
 from flower_demo.images import ImageLike, load_rgb, square_uint8
 from flower_demo.metrics import ECE_BINS
 
@@ -89,12 +89,11 @@ class PredictionLike(Protocol):
 
 
 def _library(name: str) -> Any:
-    """Import a training-side library, or say in one line how to get it."""
+    """Import an optional library, or say in one line what to install (matplotlib alone for a plot)."""
     try:
         return importlib.import_module(name)
-    except ImportError:
-        package = name.split(".")[0]
-        raise FlowerDemoError(f"reports need {package}: pip install -r requirements-train.txt") from None
+    except ModuleNotFoundError as exc:
+        raise missing_package(exc) from None
 
 
 def _figure(width: float, height: float) -> Any:

@@ -1,5 +1,6 @@
 """The one scoring function of evaluate, calibrate and the report (flower_demo.metrics) on arrays
-whose answers are known, and the one expected calibration error and its reliability bins."""
+whose answers are known, the one expected calibration error and its reliability bins, and how a
+model's classes are matched to the data's (and another model's) by name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import honest_labels
 
-from flower_demo import metrics
+from flower_demo import FlowerDemoError, metrics
 
 
 def ranked(orders: list[list[int]], classes: int) -> np.ndarray:
@@ -110,3 +111,55 @@ def test_reliability_bins_as_scikit_learn_bins_them() -> None:
     np.testing.assert_allclose(accuracy, expected[0])
     np.testing.assert_allclose(mean_confidence, expected[1])
     assert share.sum() == pytest.approx(1.0) and len(share) == len(accuracy)
+
+
+# --- classes matched by name -------------------------------------------------------------------
+
+DATA = ["alpha", "beta", "gamma"]
+MODEL = ["gamma", "extra", "alpha", "beta"]  # the data's classes in another order, and one more
+
+
+def test_labels_become_the_models_columns_by_name() -> None:
+    columns = metrics.class_columns(MODEL, DATA, "model M", "the data")
+    assert columns.tolist() == [2, 3, 0]  # alpha, beta, gamma in the model's order
+    np.testing.assert_array_equal(columns[np.array([0, 1, 2, 2])], [2, 3, 0, 0])
+
+
+def test_a_superset_model_is_scored_on_the_datas_classes() -> None:
+    """Answering the extra class is wrong; the data's classes are scored wherever the model lists them."""
+    labels = metrics.class_columns(MODEL, DATA, "model M", "the data")[np.array([0, 1, 2, 0])]
+    answers = [2, 3, 1, 1]  # alpha right, beta right, "extra" for a gamma photo, "extra" for an alpha one
+    scores = metrics.score(np.eye(4)[answers] * 0.9 + 0.025, labels)
+    assert scores.top1 == pytest.approx(2 / 4)
+    np.testing.assert_allclose(scores.per_class, [0.0, np.nan, 0.5, 1.0])  # gamma, extra, alpha, beta
+    assert scores.mean_per_class == pytest.approx((0 + 0.5 + 1) / 3)  # over the data's classes only
+
+
+@pytest.mark.parametrize(
+    ("known", "wanted", "missing"),
+    [
+        (["alpha", "beta"], DATA, "gamma"),  # the first the model lacks
+        (["beta", "delta"], DATA, "alpha"),
+    ],
+)
+def test_a_class_the_model_lacks_is_one_line(known: list[str], wanted: list[str], missing: str) -> None:
+    with pytest.raises(FlowerDemoError) as raised:
+        metrics.class_columns(known, wanted, "model M", "the data")
+    assert str(raised.value) == f"the data has a class {missing!r} that model M does not know"
+
+
+def test_two_models_must_name_the_same_classes_in_any_order() -> None:
+    order = metrics.same_classes(DATA, ["gamma", "alpha", "beta"], "model A", "model B")
+    probabilities = np.array([[0.7, 0.2, 0.1]])  # B's: gamma, alpha, beta
+    np.testing.assert_allclose(probabilities[:, order], [[0.2, 0.1, 0.7]])  # in A's order
+    with pytest.raises(FlowerDemoError, match="model B has a class 'extra' that model A does not know"):
+        metrics.same_classes(DATA, MODEL, "model A", "model B")
+    with pytest.raises(FlowerDemoError, match="model A has a class 'gamma' that model B does not know"):
+        metrics.same_classes(DATA, ["alpha", "beta"], "model A", "model B")
+
+
+def test_among_renormalises_the_chosen_classes() -> None:
+    """A teacher that knows an extra class: its probabilities of the student's classes, summing to 1."""
+    columns = metrics.class_columns(MODEL, DATA, "teacher T", "the training data")
+    probabilities = np.array([[0.1, 0.5, 0.3, 0.1], [0.25, 0.0, 0.25, 0.5]])
+    np.testing.assert_allclose(metrics.among(probabilities, columns), [[0.6, 0.2, 0.2], [0.25, 0.5, 0.25]])

@@ -11,23 +11,28 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flower_demo import models
+from flower_demo import metrics, models
 from flower_demo.errors import FlowerDemoError
 
 
 def load_teachers(paths: list[str], class_names: list[str], image_size: int) -> Callable:
-    """pixels -> the teachers' averaged probabilities, after checking that each teacher knows the
-    same classes, in the same order, at the same input size as the run."""
+    """pixels -> the teachers' averaged probabilities of the run's `class_names`, in its order.
+    A teacher's classes are matched by name: it may list them in another order, or know more
+    (its probabilities of the run's classes are then renormalised); one that lacks a class of the
+    run, or takes another input size, is a one-line error."""
     forwards = []
     for path in paths:
         teacher, metadata = models.load_model(path)
-        if metadata["class_names"] != class_names:
-            raise FlowerDemoError(f"teacher {path} knows other classes than the training data")
+        columns = metrics.class_columns(
+            metadata["class_names"], class_names, f"teacher {path}", "the training data"
+        )
         if int(teacher.input_shape[1]) != image_size:
             size = teacher.input_shape[1]
             raise FlowerDemoError(f"teacher {path} takes {size} px, this run {image_size} px")
-        forwards.append(models.compiled_forward(teacher))
-    return lambda pixels: np.mean([np.asarray(forward(pixels)) for forward in forwards], axis=0)
+        forwards.append((models.compiled_forward(teacher), columns))
+    return lambda pixels: np.mean(
+        [metrics.among(np.asarray(forward(pixels)), columns) for forward, columns in forwards], axis=0
+    )
 
 
 def check_distill(weight: float) -> None:
