@@ -7,12 +7,16 @@ say "shipped model".
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -136,6 +140,34 @@ def tiny_class_tree(tmp_path_factory) -> Path:
     return make_class_tree(root, TINY_COLOURS, per_class=10, size=TINY_SIZE + 8)
 
 
+class TrainedRun(NamedTuple):
+    run_dir: Path
+    output: str  # what the run printed
+    args: list[str]  # its command line
+    started: float  # time.time() when it started
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path) -> TrainedRun:
+    """One tiny whole training run on tiny_class_tree, shared by every test that needs a trained run
+    folder: both stages (2 + 2 epochs, 2 views, 32 px), saved at --serve-size 48, the validation
+    report written; --no-export (test_train's quick recipe run checks the export)."""
+    from flower_demo import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    args = [
+        "--image-folder", str(tiny_class_tree), "--weights", str(mobilenet_weights),
+        "--image-size", str(TINY_SIZE), "--serve-size", str(TINY_SIZE + 16), "--views", "2",
+        "--batch-size", "8", "--stage1-epochs", "2", "--stage2-epochs", "2", "--no-export",
+        "--run-dir", str(run_dir),
+    ]  # fmt: skip
+    started, printed = time.time(), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = train.main(args)
+    assert code == 0, printed.getvalue()
+    return TrainedRun(run_dir, printed.getvalue(), args, started)
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_dir: Path):
     """The tiny model as users get it by default: LiteRT."""
@@ -152,4 +184,7 @@ def tiny_keras_classifier(tiny_model_dir: Path):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts a separate Python process (TensorFlow start-up)")
+    config.addinivalue_line(
+        "markers",
+        "slow: starts a separate Python process (TensorFlow start-up), or trains a whole run of its own",
+    )

@@ -5,7 +5,6 @@ hooks that write it: `evaluate --report`, `predict --plot` and the end of a `tra
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 from html.parser import HTMLParser
@@ -14,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import TINY_CLASSES, TINY_COLOURS, TINY_SIZE, run_module, save_solid
+from helpers import TINY_CLASSES, TINY_COLOURS, run_module, save_solid
 from PIL import Image
 
 from flower_demo import FlowerDemoError, report
@@ -234,21 +233,9 @@ def test_evaluate_report_pointing_at_a_file(
     assert err == f"error: report folder {file} is a file, not a folder\n"
 
 
-def test_train_writes_the_validation_report(
-    mobilenet_weights: Path, tiny_class_tree: Path, tmp_path: Path
-) -> None:
-    from flower_demo import train
-
-    run_dir = tmp_path / "run"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = train.main(
-            ["--image-folder", str(tiny_class_tree), "--backbone", "mobilenet_v2", "--weights",
-             str(mobilenet_weights), "--image-size", str(TINY_SIZE), "--views", "1", "--batch-size", "8",
-             "--stage1-epochs", "1", "--stage2-epochs", "0", "--run-dir", str(run_dir)]
-        )  # fmt: skip
-    assert code == 0
-    page = run_dir / "report" / report.PAGE
-    assert f"validation report: {page}" in printed.getvalue()
+def test_train_writes_the_validation_report(trained_run) -> None:
+    """The end of a training run (conftest's shared one) writes its validation split's report."""
+    page = trained_run.run_dir / "report" / report.PAGE
+    assert f"validation report: {page}" in trained_run.output
     assert_complete_report(page)
-    assert json.loads((run_dir / "report" / report.NUMBERS).read_text())["n"] == 6
+    assert json.loads((trained_run.run_dir / "report" / report.NUMBERS).read_text())["n"] == 6

@@ -496,6 +496,8 @@ def test_outputs_without_validation(tmp_path, capsys):
     assert scored["metrics"]["chosen_on_validation"] is False
     head = tiny_head()
     history = {"stage1": {"loss": [1.0], "accuracy": [0.5], "val_loss": [np.nan], "val_accuracy": [np.nan]}}
+    # an earlier run's model.tflite: --no-export must not leave it beside the new model
+    (tmp_path / "model.tflite").write_bytes(b"not this model")
     pipeline.write_outputs(config.TrainConfig(no_export=True), tmp_path, head, metadata, history, None, None)
     printed = capsys.readouterr().out
     assert "trained on 2 images with no validation split" in printed
