@@ -49,10 +49,12 @@ from flower_demo.model_files import (  # what a model folder holds; core's calle
     TFLITE_FILE,
     check_against_metadata,
     load_label_map,
+    metadata_path,
     model_dir,
     model_file,
     native_stderr_filtered,
     read_metadata,
+    verify_file,
 )
 
 ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
@@ -228,6 +230,8 @@ def read_calibration(metadata: dict[str, Any], folder: str | os.PathLike | None 
     if folder is None:
         raise FlowerDemoError(f"the {calibration.ood_rule} rule needs its model folder to read {OOD_FILE}")
     path = model_dir(folder) / str(stored.get("ood_file", OOD_FILE))
+    if path.is_file():
+        verify_file(path, metadata, remedy=f"re-run python -m flower_demo.calibrate --model {path.parent}")
     stats = read_ood_statistics(path, calibration.ood_rule, calibration.k, len(metadata["class_names"]))
     return replace(calibration, statistics=stats)
 
@@ -367,6 +371,9 @@ def open_engine(path: str | os.PathLike | None, engine: str | None = None) -> An
     tflite = model_file(path, TFLITE_FILE)  # a .tflite of any name is served as itself
     if not tflite.is_file() and not folder.is_dir():
         raise FlowerDemoError(f"model folder not found: {folder}")
+    if tflite.is_file() and metadata_path(folder).is_file():  # a stale or foreign file is refused
+        fix = f"re-export it (python -m flower_demo.export --model {folder}) or use {ENGINE_ENV}=keras"
+        verify_file(tflite, read_metadata(folder), named=tflite.name != TFLITE_FILE, remedy=fix)
     return LiteRTEngine(tflite)
 
 

@@ -156,35 +156,46 @@ def export_tflite(
     representative = representative_items(data_dir) if quantize == "int8" else None
     blob = convert(model, size, quantize, representative)
     folder = source if out_dir is None else Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / (model_files.TFLITE_FILE if out_dir is None else tflite_file_name(quantize))
-    target.write_bytes(blob)
-    if out_dir is not None and (source / model_files.OOD_FILE).is_file():  # the stored rule's statistics
-        shutil.copy2(source / model_files.OOD_FILE, folder / model_files.OOD_FILE)
-
-    exports: dict[str, Any] = dict(metadata.get(EXPORTS_KEY, {})) if out_dir is None else {}
-    previous = folder / model_files.METADATA_FILE
-    if out_dir is not None and previous.is_file():  # keep earlier exports of the same trained model
-        try:
-            old = json.loads(previous.read_text())
-            if (
-                old.get("created") == metadata.get("created")
-                and old.get("class_names") == metadata["class_names"]
-            ):
-                exports = {n: e for n, e in old.get(EXPORTS_KEY, {}).items() if (folder / n).is_file()}
-        except (OSError, ValueError):
-            pass
-    exports[target.name] = {
+    name = model_files.TFLITE_FILE if out_dir is None else tflite_file_name(quantize)
+    exports, files = (
+        (metadata.get(EXPORTS_KEY, {}), None) if out_dir is None else earlier_exports(folder, metadata)
+    )
+    exports = dict(exports)
+    exports[name] = {
         "format": "tflite",
         "quantize": quantize,
-        "source": str(source),
+        "source": source.resolve().name,  # the model folder's name: where it sat is no provenance
         "bytes": len(blob),
         "representative_images": 2 * len(representative) if representative else None,
         "tensorflow": tf.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    previous.write_text(json.dumps({**metadata, EXPORTS_KEY: exports}, indent=2) + "\n")
-    return target
+    ood = source / model_files.OOD_FILE
+    with model_files.Staged(folder) as staged:  # the new files first, the metadata naming them last
+        staged.path(name).write_bytes(blob)
+        if out_dir is not None and ood.is_file():  # the stored rule's statistics, checked before copied
+            model_files.verify_file(
+                ood, metadata, remedy=f"re-run python -m flower_demo.calibrate --model {source}"
+            )
+            shutil.copy2(ood, staged.path(model_files.OOD_FILE))
+        removed = [model_files.OOD_FILE] if out_dir is not None and not ood.is_file() else []
+        base = metadata if files is None else {**metadata, model_files.FILES_KEY: files}
+        staged.publish({**base, EXPORTS_KEY: exports}, removed=removed)
+    return folder / name
+
+
+def earlier_exports(folder: Path, metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The exports of the same trained model already in the out folder `folder`, and their file
+    records, kept beside a new one; none when the folder holds another model's."""
+    previous = folder / model_files.METADATA_FILE
+    try:
+        old = json.loads(previous.read_text()) if previous.is_file() else {}
+    except (OSError, ValueError):
+        return {}, {}
+    if old.get("created") != metadata.get("created") or old.get("class_names") != metadata["class_names"]:
+        return {}, {}
+    exports = {n: e for n, e in old.get(EXPORTS_KEY, {}).items() if (folder / n).is_file()}
+    return exports, {n: r for n, r in (old.get(model_files.FILES_KEY) or {}).items() if n in exports}
 
 
 # --- measuring -------------------------------------------------------------------------------

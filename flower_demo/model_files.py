@@ -3,21 +3,27 @@
 A model folder (the shipped one is `weights/`) holds `metadata.json` (class names, input size,
 backbone, metrics, calibration) beside `model.tflite` (what the serving core runs) and/or
 `model.keras` (the trained Keras model), and `ood.npz` when the stored "not one of the classes"
-rule needs statistics. This module owns those file names, the names of the served outputs,
-reading and checking metadata and label maps, and keeping native libraries' start-up lines off
-the terminal. It imports neither TensorFlow nor Keras, and nothing of the project but errors.py,
-so that both the serving core (core.py) and the Keras side (models.py) can build on it.
+rule needs statistics. The folder is one unit: metadata.json's "files" records each model
+file's size and sha256, loading refuses a file that does not match (`verify_file`), and every
+command that writes a folder writes its files beside their places and renames them in, the
+metadata last (`Staged`). This module owns those file names, the names of the served outputs,
+reading and checking metadata, label maps and the files' hashes, writing a folder, and keeping
+native libraries' start-up lines off the terminal. It imports neither TensorFlow nor Keras, and
+nothing of the project but errors.py, so that both the serving core (core.py) and the Keras side
+(models.py) can build on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,10 @@ TFLITE_FILE = "model.tflite"
 METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1
 OOD_FILE = "ood.npz"  # the rule's statistics, beside the model, for the rules that need them
+FILES_KEY = "files"  # metadata.json: {file name: {"bytes": size, "sha256": hex}} of its model files
+SKIP_VERIFY_ENV = "FLOWER_DEMO_SKIP_VERIFY"  # 1: load a folder's files without checking them (experts)
+HASH_CHUNK = 1 << 20
+_DIGESTS: dict[tuple, str] = {}  # a file (see _digest_key) -> its sha256: each file hashed once
 # The names of the exported model's outputs (export.py writes them, both engines return them).
 PROBABILITIES, CLASS_MAPS, FEATURES = "probabilities", "class_maps", "features"
 
@@ -121,6 +131,128 @@ def load_label_map(path: str | os.PathLike, num_classes: int) -> list[str]:
             f"{num_classes} classes (ids 1..{num_classes})"
         )
     return [str(mapping[str(i)]) for i in range(1, num_classes + 1)]
+
+
+# --- the folder as one unit: each file's size and sha256, written by rename -------------------
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What metadata.json records of one model file ("files"): its size and sha256."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def _digest_key(path: Path) -> tuple[str, int, int, int, int]:
+    """What changes when a file's bytes may have: a copy can keep mtime, never the change time."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _checked_digest(path: Path) -> str:
+    """sha256_of(path), computed once per process for a file that has not changed since."""
+    key = _digest_key(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(path)
+    return _DIGESTS[key]
+
+
+def verify_file(
+    path: Path, metadata: dict[str, Any], named: bool = False, remedy: str = "restore the folder's files"
+) -> None:
+    """Refuse, in one line naming the file, a model file that its folder's metadata does not vouch
+    for: another size or sha256 than recorded (a file of another model, a truncated copy), or, for
+    a file the folder serves by default (`named` False), none recorded at all (a file older than
+    the metadata). A file the caller named itself and the metadata does not list is its own
+    business. Folders written before hashes existed (no "files") and SKIP_VERIFY_ENV=1 are not
+    checked. The size is checked at every load, the sha256 once per process per file."""
+    records = metadata.get(FILES_KEY)
+    if records is None or os.environ.get(SKIP_VERIFY_ENV) == "1":
+        return
+    record = records.get(path.name)
+    if record is None and named:
+        return
+    if record is None:
+        problem = f"is not recorded in {METADATA_FILE}, so it may be a file of an earlier model"
+    elif path.stat().st_size != record.get("bytes"):
+        size, recorded = path.stat().st_size, record.get("bytes")
+        problem = f"does not match {METADATA_FILE} (size differs: {size} bytes, recorded {recorded})"
+    elif _checked_digest(path) != record.get("sha256"):
+        problem = f"does not match {METADATA_FILE} (sha256 differs)"
+    else:
+        return
+    raise FlowerDemoError(f"{path} {problem}: {remedy} ({SKIP_VERIFY_ENV}=1 skips this check)")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON in `path`, written beside it and renamed over it: a reader sees
+    the old file or the new one, never half of one."""
+    staged = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")
+    try:
+        staged.write_text(json.dumps(value, indent=2) + "\n")
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+class Staged:
+    """New files of a model folder, written beside their final names and made the folder's own by
+    `publish`, metadata.json last; a command that fails or is interrupted before that leaves the
+    folder as it was (its temporary files are removed on the way out).
+
+        with Staged(folder) as staged:
+            np.savez(staged.path(OOD_FILE), **arrays)
+            staged.publish(metadata)
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.paths: dict[str, Path] = {}
+
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
+
+    def path(self, name: str) -> Path:
+        """Where to write the file that becomes `name`: a hidden file in the same folder (so the
+        rename replaces in one step), ending as `name` does (Keras and NumPy go by the suffix)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.paths[name] = self.folder / f".{uuid.uuid4().hex[:8]}.{name}"
+        return self.paths[name]
+
+    def publish(self, metadata: dict[str, Any], removed: Sequence[str] = (), fresh: bool = False) -> Path:
+        """Rename the staged files into place, delete `removed`, then write `metadata` as the
+        folder's metadata.json with "files" recording every model file's size and sha256: the
+        staged files', the earlier records of files left alone (none with `fresh`: a new model,
+        so nothing else in the folder is its), and, for a folder written before hashes existed,
+        the model files it holds. Interrupted between the renames and the metadata, the folder
+        is refused at load (its files no longer match), never served mixed."""
+        records = {} if fresh else dict(metadata.get(FILES_KEY) or {})
+        if not fresh and FILES_KEY not in metadata:
+            names = (MODEL_FILE, TFLITE_FILE, OOD_FILE)
+            records = {n: file_record(self.folder / n) for n in names if (self.folder / n).is_file()}
+        records = {n: r for n, r in records.items() if n not in removed and (self.folder / n).is_file()}
+        for name, path in self.paths.items():
+            records[name] = file_record(path)
+        staged, self.paths = self.paths, {}
+        for name, path in staged.items():
+            os.replace(path, self.folder / name)
+            _DIGESTS[_digest_key(self.folder / name)] = records[name]["sha256"]  # no need to hash it again
+        for name in removed:
+            (self.folder / name).unlink(missing_ok=True)
+        target = self.folder / METADATA_FILE
+        write_json(target, {**metadata, FILES_KEY: dict(sorted(records.items()))})
+        return target
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ TensorFlow's start-up notices are kept out of the command lines' output here, on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
@@ -255,13 +254,13 @@ def head_of(model: keras.Model) -> list[keras.Layer]:
 
 
 def save_model(model: keras.Model, folder: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Write `model.keras` and `metadata.json` into `folder` (created if needed)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / model_files.MODEL_FILE)
+    """Write `model.keras` and `metadata.json` (recording its size and sha256) into `folder`
+    (created if needed), each beside its place and renamed into it, the metadata last."""
     metadata = {"format_version": model_files.METADATA_VERSION, **metadata}
-    (folder / model_files.METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    return folder
+    with model_files.Staged(folder) as staged:
+        model.save(staged.path(model_files.MODEL_FILE))
+        staged.publish(metadata, fresh=True)  # a new model: no other file of the folder is its
+    return Path(folder)
 
 
 def load_model(
@@ -273,6 +272,9 @@ def load_model(
     if not model_path.is_file():
         raise FlowerDemoError(f"model file not found: {model_path}")
     metadata = model_files.read_metadata(folder)
+    named = model_path.name != model_files.MODEL_FILE
+    remedy = "train it again, or give a model folder whose files belong together"
+    model_files.verify_file(model_path, metadata, named=named, remedy=remedy)
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a broken file

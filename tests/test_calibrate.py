@@ -269,11 +269,17 @@ def test_knn_turns_away_photos_far_from_the_training_ones(
     assert not any(p.is_known for p in predict_batch(tiny_photos["others"], classifier))
 
 
-def test_statistics_file_checked_at_load(tiny_model_dir: Path, tiny_statistics, tmp_path: Path) -> None:
+def test_statistics_file_checked_at_load(
+    tiny_model_dir: Path, tiny_statistics, tmp_path: Path, monkeypatch
+) -> None:
     folder = with_rule(tiny_model_dir, tmp_path / "model", "knn", tiny_statistics)
     Classifier(folder)  # fits
     stats_file = folder / model_files.OOD_FILE
     bank = np.load(stats_file)["bank"]
+    np.savez(stats_file, bank=bank[:, :64])
+    with pytest.raises(FlowerDemoError, match="does not match metadata.json"):  # not the file recorded
+        Classifier(folder)
+    monkeypatch.setenv(model_files.SKIP_VERIFY_ENV, "1")  # unchecked, its contents are checked still
     cases = [
         ({"bank": bank[:, :64]}, "fitted on 64-d features"),  # wrong feature size for this model
         ({"bank": bank[:1]}, "does not fit the knn rule"),  # fewer training photos than k = 2
@@ -295,8 +301,9 @@ def test_statistics_file_checked_at_load(tiny_model_dir: Path, tiny_statistics, 
     }
     with pytest.raises(FlowerDemoError, match="3-class model"):
         with_rule(tiny_model_dir, folder, "energy", {"energy": energy})
+    # refused before the folder changed: it still holds the knn rule, whose file is still missing
     result = run_module("flower_demo.predict", FIXTURE_FLOWERS / "073_water_lily.jpg", "--model", folder)
-    assert result.returncode != 0 and "lacks the knn rule's array 'bank'" in result.stderr
+    assert result.returncode != 0 and "statistics file is missing" in result.stderr
     assert "Traceback" not in result.stderr
 
 

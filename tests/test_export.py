@@ -119,7 +119,7 @@ def test_export_errors(tiny_model_dir: Path, tiny_exports: Path, tmp_path: Path)
         export.export_tflite(tiny_model_dir, None, "int8")
     with pytest.raises(FlowerDemoError, match="unknown quantization"):
         export.export_tflite(tiny_model_dir, tmp_path, "int4")
-    broken = tmp_path / "broken" / "model.tflite"
+    broken = tmp_path / "broken" / "model_broken.tflite"  # named, and not in the metadata: not checked
     broken.parent.mkdir()
     broken.write_bytes(b"not a flatbuffer" * 64)
     (broken.parent / model_files.METADATA_FILE).write_text(

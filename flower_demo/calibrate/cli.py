@@ -91,24 +91,27 @@ def write_calibration(
 ) -> Path:
     """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
     its accuracy estimate under "estimate", and the rule's statistics in OOD_FILE beside it (a stale
-    one is removed), leaving the rest as it is; then load it back as prediction will, so nothing
-    prediction would reject is left."""
-    path = model_files.metadata_path(model_path)
+    one is removed), leaving the rest as it is. Nothing in the folder changes until all of it is
+    written and loaded back as prediction will: the statistics go beside OOD_FILE first, and only
+    what prediction accepts is renamed into place, metadata.json last (model_files.Staged), so a
+    command that fails or is interrupted leaves the model serving its old calibration."""
+    folder = model_files.model_dir(model_path)
     metadata = model_files.read_metadata(model_path)
     skip = ("details", ESTIMATE_KEY)
     stored = {key: value for key, value in result.items() if key not in skip and value is not None}
-    stats_path = model_files.model_dir(model_path) / OOD_FILE
-    if statistics:
-        np.savez(stats_path, **{name: np.asarray(a, STATS_DTYPE) for name, a in statistics.items()})
-        stored.setdefault("report", {})["ood_file_bytes"] = stats_path.stat().st_size
-    elif stats_path.exists():
-        stats_path.unlink()
-    metadata[CALIBRATION_KEY] = stored
-    if ESTIMATE_KEY in result:
-        metadata[ESTIMATE_KEY] = result[ESTIMATE_KEY]
-    read_calibration(metadata, model_files.model_dir(model_path))  # refuse to write what prediction rejects
-    path.write_text(json.dumps(metadata, indent=2) + "\n")
-    return path
+    with model_files.Staged(folder) as staged:
+        check = {key: value for key, value in metadata.items() if key != model_files.FILES_KEY}
+        check[CALIBRATION_KEY] = stored
+        if statistics:
+            path = staged.path(OOD_FILE)
+            np.savez(path, **{name: np.asarray(a, STATS_DTYPE) for name, a in statistics.items()})
+            stored.setdefault("report", {})["ood_file_bytes"] = path.stat().st_size
+            check[CALIBRATION_KEY] = {**stored, "ood_file": path.name}  # the staged file, not yet recorded
+        read_calibration(check, folder)  # refuse to write what prediction rejects
+        metadata[CALIBRATION_KEY] = stored
+        if ESTIMATE_KEY in result:
+            metadata[ESTIMATE_KEY] = result[ESTIMATE_KEY]
+        return staged.publish(metadata, removed=() if statistics else (OOD_FILE,))
 
 
 # --- the command line ------------------------------------------------------------------------
