@@ -261,6 +261,20 @@ def test_weight_average_follows_the_warmed_up_momentum():
     assert np.abs(record.after_batch[-1] - expected[-1]).max() > 1e-3  # the average is not the weights
 
 
+def test_weight_average_skips_a_step_the_optimizer_skipped():
+    """Mixed precision skips a step whose gradients are not finite (the optimizer's step count
+    stays): the average is not moved by a batch that made no update."""
+    model = linear_model(keras.optimizers.SGD(0.1))
+    average = averaging.WeightAverage(0.5)
+    average.set_model(model)
+    kernel = model.trainable_variables[0]
+    for step, value, expected in [(1, 1.0, 1.0), (1, 3.0, 1.0), (2, 3.0, 1 + 2 * (1 - 2 / 11))]:
+        model.optimizer.iterations.assign(step)  # the count after the batch's update
+        kernel.assign(np.full(kernel.shape, value, "float32"))
+        average.on_train_batch_end(0)
+        np.testing.assert_allclose(np.asarray(average.averages[0]), expected, rtol=1e-6)
+
+
 def test_keras_own_average_stays_near_the_start():
     """Why the warm-up: with Keras' own average (full momentum from the second step) the weights
     move ~5 in 50 steps and its average still sits near where they started; ours follows them."""

@@ -46,6 +46,7 @@ class WeightAverage(keras.callbacks.Callback):
         self.averages: list[Any] = []  # and their averages, in the same order
         self.swapped = False  # whether the model holds the averages now
         self.swapped_for_test = False
+        self.last_step = -1  # the optimizer step last averaged in
 
     def set_model(self, model: keras.Model) -> None:
         """Make the averages when fit attaches the callback, before any callback restores a
@@ -61,6 +62,9 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1  # the update just made
+        if step == self.last_step:  # none was made: mixed precision skips non-finite gradients
+            return
+        self.last_step = step
         m = momentum(step, self.ema)
         for variable, average in zip(self.variables, self.averages):
             average.assign(m * average + (1.0 - m) * variable)
