@@ -19,6 +19,7 @@ from helpers import (
     FIXTURE_FLOWERS,
     REPO_ROOT,
     TINY_SIZE,
+    error_lines,
     fixture_photos,
     honest_labels,
     run_module,
@@ -26,7 +27,7 @@ from helpers import (
 )
 from scipy.io import savemat
 
-from flower_demo import FlowerDemoError, calibrate, core, model_files, models
+from flower_demo import FlowerDemoError, calibrate, core, data, model_files, models
 from flower_demo.calibrate import cli, folds, rules
 from flower_demo.core import Classifier, predict, predict_batch
 
@@ -324,14 +325,15 @@ def test_write_calibration_removes_a_stale_statistics_file(
 
 @pytest.fixture(scope="module")
 def flowers102_model(mobilenet_weights: Path, tmp_path_factory) -> Path:
-    """An untrained 102-class 32 px model (with its .tflite): the command wants the data's class count."""
+    """An untrained 32 px model of Flowers-102's 102 classes (with its .tflite): the command matches
+    the model's classes to the data's by name."""
     import keras
 
     from flower_demo import export
 
     keras.utils.set_random_seed(3)
     model = models.create_model("mobilenet_v2", 102, TINY_SIZE, str(mobilenet_weights))
-    metadata = {"class_names": [f"class {i}" for i in range(102)], "image_size": TINY_SIZE}
+    metadata = {"class_names": data.oxford_class_names(), "image_size": TINY_SIZE}
     folder = tmp_path_factory.mktemp("flowers102_model")
     models.save_model(model, folder, {**metadata, "backbone": "mobilenet_v2"})
     export.export_tflite(folder)
@@ -490,6 +492,28 @@ def test_recipe_chosen_on_a_run_that_is_not_a_fold(
     assert calibrate.main([*args, "--recipe-chosen-on", str(tmp_path / "elsewhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --recipe-chosen-on") and "not one of the --folds runs" in err
+
+
+def test_folds_meet_the_model_and_the_data_by_name(
+    flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
+) -> None:
+    """A fold listing the model's classes in another order is taken, its labels matched by name;
+    a fold that lacks one of the model's classes is one error line naming it."""
+    names = data.oxford_class_names()
+    reordered = recipe_run(flowers102_model, tmp_path / "reordered", "train", "validation", True)
+    renamed = recipe_run(flowers102_model, tmp_path / "renamed", "train", "validation", True)
+    for folder, class_names in ((reordered, names[::-1]), (renamed, ["a new flower", *names[1:]])):
+        metadata = json.loads((folder / model_files.METADATA_FILE).read_text())
+        (folder / model_files.METADATA_FILE).write_text(json.dumps({**metadata, "class_names": class_names}))
+    fold = folds.open_fold(reordered, None, names)
+    assert fold.class_names == names[::-1]
+    validation = data.load_oxford_folder(fake_flowers102, "validation")
+    labels = folds.model_labels(validation, fold.class_names, fold.path)
+    assert [fold.class_names[i] for i in labels] == [names[i] for i in validation.labels]
+    args = ["--model", str(flowers102_model), "--data-dir", str(fake_flowers102), "--dry-run"]
+    assert calibrate.main([*args, "--folds", str(reordered), str(renamed)]) == 1
+    errors = error_lines(capsys.readouterr().err)
+    assert errors == [f"error: fold {renamed} has a class 'a new flower' that the model does not know"]
 
 
 def data_labels(folder: Path, photos: list[Path]) -> list[int]:

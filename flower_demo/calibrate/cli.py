@@ -16,7 +16,7 @@ from flower_demo.calibrate.fit import calibrate
 from flower_demo.calibrate.folds import OOD_PHOTOS, mark_recipe_choice, open_fold
 from flower_demo.calibrate.rules import DEFAULT_RULE, KEEP_FLOWERS, STATS_DTYPE
 from flower_demo.core import CALIBRATION_KEY, OOD_FILE, read_calibration
-from flower_demo.errors import FlowerDemoError
+from flower_demo.errors import FlowerDemoError, missing_package
 from flower_demo.metrics import ECE_BINS
 
 DESCRIPTION = 'Honest probabilities and "not one of the 102": temperature scaling and the rejection rule.'
@@ -156,8 +156,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     metadata = model_files.read_metadata(args.model)
     engine = core.open_engine(args.model, args.engine)  # raw outputs: no stored rule applied
     model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
-    num_classes = len(metadata["class_names"])
-    folds = [open_fold(folder, args.engine, num_classes) for folder in args.folds or []]
+    folds = [open_fold(folder, args.engine, metadata["class_names"]) for folder in args.folds or []]
     if args.recipe_chosen_on:
         mark_recipe_choice(folds, args.recipe_chosen_on)
     log = lambda message: print(message, file=sys.stderr)
@@ -174,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         result, written = run(args)
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # only requirements.txt installed
+        print(f"error: {missing_package(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     print(

@@ -63,12 +63,11 @@ def calibrate(
     its own (its features of the photos it trained on) beside the fitted temperature and threshold.
     """
     core.check_rule(rule_name)
-    num_classes = len(metadata["class_names"])
     own = fold_of(model_path, engine, metadata) if not folds else None
     folds = folds or [own]
     parts = non_flower_photos(photos)
     started = time.perf_counter()
-    outputs = [run_fold(fold, data_dir, parts, num_classes, log) for fold in folds]
+    outputs = [run_fold(fold, data_dir, parts, log) for fold in folds]
     final = outputs[0] if own else final_model_outputs(engine, model_path, data_dir, metadata, parts)
     log(f"forward passes ({engine.name}): {time.perf_counter() - started:.0f} s")
 
@@ -106,12 +105,12 @@ def final_model_outputs(
 ) -> FoldOutputs:
     """The forward passes a model that is none of the folds needs: its rules' statistics from the
     photos it trained on (every split) and the non-flower photos; no held-out photos of its own."""
-    splits, num_classes = trained_splits(metadata), len(metadata["class_names"])
+    splits, class_names = trained_splits(metadata), list(metadata["class_names"])
     return FoldOutputs(
         held={},
         labels=np.zeros(0, np.int64),
         others={part: forward(engine, paths) for part, paths in parts.items()},
-        statistics=training_statistics(engine, model_path, data_dir, splits, num_classes),
+        statistics=training_statistics(engine, model_path, data_dir, splits, class_names),
     )
 
 

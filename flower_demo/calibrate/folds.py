@@ -4,12 +4,16 @@ split it held out), their forward passes, and the recipe's accuracy estimate fro
 A fold is scored on photos its model never trained on. Its forward passes over those photos, over
 the non-flower photos of ood_photos/ (photos.csv names each one's part: "choice" or "held_out")
 and, for its rules' statistics, over the photos it trained on are what everything is fitted on.
+
+Models meet the data and each other by class name (metrics.class_columns): a fold's labels are
+its own model's class indices, so a fold may list the classes in another order than the data or
+the model; each fold must name the same classes as the model, and know every class of the data.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +76,21 @@ def classifier_head(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(layer.kernel, np.float32), np.asarray(layer.bias, np.float32)
 
 
+def model_labels(split: data.LabeledImages, class_names: list[str], model_path: str | Path) -> np.ndarray:
+    """The split's labels as indices into the model's `class_names`, matched by name; a class of the
+    data the model does not know is a one-line error naming it."""
+    columns = metrics.class_columns(class_names, split.class_names, f"model {model_path}", "the data")
+    return columns[np.asarray(split.labels, np.int64)]
+
+
 def training_statistics(
-    engine: Any, model_path: str | Path, data_dir: str, splits: list[str], num_classes: int
+    engine: Any, model_path: str | Path, data_dir: str, splits: list[str], class_names: list[str]
 ) -> dict[str, dict[str, np.ndarray]]:
     """Every rule's statistics from the model's features of the photos it trained on."""
     train = data.load_oxford_splits(data_dir, splits)
-    if len(train.class_names) != num_classes:
-        raise FlowerDemoError(f"the data has {len(train.class_names)} classes, the model {num_classes}")
+    labels = model_labels(train, class_names, model_path)
     features = forward(engine, list(train.items))[FEATURES]
-    return fit_statistics(features, np.asarray(train.labels), num_classes, *classifier_head(model_path))
+    return fit_statistics(features, labels, len(class_names), *classifier_head(model_path))
 
 
 # --- folds -----------------------------------------------------------------------------------
@@ -96,6 +106,7 @@ class Fold:
     scored_on: str
     chosen_on_scored: bool  # early stopping picked its epoch on the scored split
     recipe_chosen_on_scored: bool = False  # the recipe was picked by comparing scores on that split
+    class_names: list[str] = field(default_factory=list)  # its model's, in the order of its outputs
 
 
 @dataclass
@@ -124,16 +135,17 @@ def fold_of(model_path: str | Path, engine: Any, metadata: dict[str, Any]) -> Fo
             "give --folds: runs of the same recipe that held a split out"
         )
     chosen = bool(metadata.get("metrics", {}).get("chosen_on_validation", True))
-    return Fold(model_path, engine, trained_splits(metadata), scored_on, chosen)
+    names = list(metadata["class_names"])
+    return Fold(model_path, engine, trained_splits(metadata), scored_on, chosen, class_names=names)
 
 
-def open_fold(model_path: str | Path, engine_name: str | None, num_classes: int) -> Fold:
-    """A --folds run: its engine (raw outputs) and splits, checked against the model's class count."""
+def open_fold(model_path: str | Path, engine_name: str | None, class_names: list[str]) -> Fold:
+    """A --folds run: its engine (raw outputs) and splits; it must name the model's `class_names`
+    (in any order: its labels are matched to its own)."""
     metadata = model_files.read_metadata(model_path)
     engine = core.open_engine(model_path, engine_name)
     model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
-    if engine.num_classes != num_classes:
-        raise FlowerDemoError(f"fold {model_path} has {engine.num_classes} classes, the model {num_classes}")
+    metrics.same_classes(class_names, metadata["class_names"], "the model", f"fold {model_path}")
     return fold_of(model_path, engine, metadata)
 
 
@@ -147,18 +159,18 @@ def mark_recipe_choice(folds: list[Fold], run: str | Path) -> None:
         fold.recipe_chosen_on_scored = True
 
 
-def run_fold(
-    fold: Fold, data_dir: str, parts: dict[str, list[Path]], num_classes: int, log: Any = print
-) -> FoldOutputs:
-    """A fold's forward passes over its scored split, the non-flower photos and its training photos."""
+def run_fold(fold: Fold, data_dir: str, parts: dict[str, list[Path]], log: Any = print) -> FoldOutputs:
+    """A fold's forward passes over its scored split, the non-flower photos and its training photos;
+    the labels are its model's class indices."""
     scored = data.load_oxford_splits(data_dir, [fold.scored_on])
+    labels = model_labels(scored, fold.class_names, fold.path)
     trained = "+".join(fold.trained_on)
     log(f"fold {fold.path}: trained on {trained}, scored on {len(scored)} {fold.scored_on} images")
     return FoldOutputs(
         held=forward(fold.engine, list(scored.items)),
-        labels=np.asarray(scored.labels),
+        labels=labels,
         others={part: forward(fold.engine, paths) for part, paths in parts.items()},
-        statistics=training_statistics(fold.engine, fold.path, data_dir, fold.trained_on, num_classes),
+        statistics=training_statistics(fold.engine, fold.path, data_dir, fold.trained_on, fold.class_names),
     )
 
 
