@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from flower_demo import core, model_files
-from flower_demo.errors import FlowerDemoError, first_line
+from flower_demo.errors import FlowerDemoError, first_line, missing_package
 from flower_demo.images import ImageLike, list_images, square_uint8
 
 FORMATS = ("tflite",)
@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result) if args.json else format_measurement(result))
     except FlowerDemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # only requirements.txt installed
+        print(f"error: {missing_package(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -41,6 +41,9 @@ TFLITE_FILE = "model.tflite"
 METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1
 OOD_FILE = "ood.npz"  # the rule's statistics, beside the model, for the rules that need them
+# A model's input size unless told otherwise: the Flowers-102 photos' short side, the shipped
+# recipe's input (README). Here, not in models.py, so that train's options need no Keras.
+DEFAULT_IMAGE_SIZE = 256
 FILES_KEY = "files"  # metadata.json: {file name: {"bytes": size, "sha256": hex}} of its model files
 SKIP_VERIFY_ENV = "FLOWER_DEMO_SKIP_VERIFY"  # 1: load a folder's files without checking them (experts)
 HASH_CHUNK = 1 << 20

@@ -93,7 +93,7 @@ BACKBONES: dict[str, Backbone] = {
         feature_map="block5_conv3",
     ),
 }
-DEFAULT_IMAGE_SIZE = 256  # the Flowers-102 photos' short side; the shipped recipe's input (README)
+DEFAULT_IMAGE_SIZE = model_files.DEFAULT_IMAGE_SIZE  # the default input size (its one home: model_files)
 HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)
 
 

@@ -3,6 +3,8 @@ reading a recipe back from a run folder or a model folder.
 
 A run stores its `TrainConfig` as settings.json and in metadata.json ("training"), so the recipe
 that made a model can be run again: `python -m flower_demo.train --config runs/x/settings.json`.
+Like cli.py, it imports no Keras (the default input size is model_files'), so `--help` needs only
+the serving requirements.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flower_demo import model_files, models
+from flower_demo import model_files
 from flower_demo.errors import FlowerDemoError, first_line
 
 SOURCES = ("data_dir", "tfds", "image_folder")  # exactly one names the data
 # Where a run goes and what is done with its result: not part of a recipe, never read from a file.
 RUN_OPTIONS = ("run_dir", "resume", "keep_cache", "ship", "no_export")
 NOT_SAVED = ("resume", "keep_cache", "ship", "no_export")  # settings.json keeps run_dir, as a record
+SHORT_STAGE_STEPS = 200  # a stage this short gets a warning, and no mixup (it only slows learning there)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The head alone on the photos as they are (1 view); figures in cli.QUICK_HELP and README.
@@ -43,7 +46,7 @@ class TrainConfig:
     # model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"
-    image_size: int = models.DEFAULT_IMAGE_SIZE
+    image_size: int = model_files.DEFAULT_IMAGE_SIZE
     serve_size: int | None = None
     dropout: float = 0.3
     # optimisation

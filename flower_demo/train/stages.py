@@ -21,10 +21,7 @@ from flower_demo import models  # first: it keeps TensorFlow's start-up notices 
 import keras
 
 from flower_demo.train.averaging import WeightAverage
-from flower_demo.train.config import TrainConfig
-
-SHORT_STAGE_STEPS = 200  # a stage this short gets a warning, and no mixup (it only slows learning there)
-
+from flower_demo.train.config import SHORT_STAGE_STEPS, TrainConfig
 
 # --- the models a stage trains -----------------------------------------------------------------
 
