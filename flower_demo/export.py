@@ -227,7 +227,7 @@ def latency(lite: Any, keras_engine: Any, image: np.ndarray, repeats: int = REPE
 
 def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLike) -> dict[str, Any]:
     """Validation top-1 of the TFLite file and of the Keras model, on the same decoded images."""
-    from flower_demo import data
+    from flower_demo import data, metrics
 
     split = data.load_oxford_folder(data_dir, "validation")
     lite_p, full_p, lite_f, full_f = [], [], [], []
@@ -241,7 +241,10 @@ def validation_agreement(lite: Any, keras_engine: Any, data_dir: str | os.PathLi
     lite_probs, full_probs = np.concatenate(lite_p), np.concatenate(full_p)
     lite_feats = None if lite_f[0] is None else np.concatenate(lite_f)
     full_feats = None if full_f[0] is None else np.concatenate(full_f)
-    labels = np.asarray(split.labels)
+    names = keras_engine.metadata["class_names"]  # the data's labels as the model's columns, by name
+    labels = metrics.class_columns(names, split.class_names, f"model {keras_engine.path}", "the data")[
+        split.labels
+    ]
     result = {
         "n": int(len(labels)),
         "tflite_top1": float((lite_probs.argmax(1) == labels).mean()),
