@@ -378,12 +378,13 @@ def epoch_seconds(trainable: Any, views: np.ndarray, labels: np.ndarray, lr: flo
     import keras
 
     from flower_demo import train
+    from flower_demo.train import stages
     from flower_demo.train.averaging import WeightAverage
 
     config = train.TrainConfig()
     one_hot = np.eye(int(trainable.output_shape[-1]), dtype="float32")[labels]
-    batches = train.RandomViews(views, one_hot, config.batch_size, config.seed, config.mixup)
-    train.compile_stage(trainable, lr, TRAIN_EPOCHS, len(batches), config)
+    batches = stages.RandomViews(views, one_hot, config.batch_size, config.seed, config.mixup)
+    stages.compile_stage(trainable, lr, TRAIN_EPOCHS, len(batches), config)
     times: list[float] = []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: times.append(time.perf_counter()),
@@ -403,6 +404,7 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     import keras
 
     from flower_demo import models, train
+    from flower_demo.train import caching, stages
 
     backbone = str(metadata["backbone"])
     if backbone not in models.BACKBONES:
@@ -415,24 +417,24 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = models.create_model(backbone, num_classes, size, None, config.dropout)
     cut = models.BACKBONES[backbone].fine_tune_from
-    bottom, top = train.split_model(model, backbone, cut)
+    bottom, top = stages.split_model(model, backbone, cut)
 
     log(f"training: decoding {n_images} images at {size}px, caching {TRAIN_VIEWS} views of activations")
     decoded = np.concatenate(list(data.iter_decoded(photos, size, evaluate.EVAL_BATCH)))
     images = decoded[np.arange(n_images) % len(decoded)]
     labels = np.arange(n_images) % num_classes
-    steps = train.activation_steps(bottom, data.make_augmenter(config.seed))
+    steps = caching.activation_steps(bottom, data.make_augmenter(config.seed))
     for step in steps:  # trace both
-        step(images[: train.CACHE_BATCH].astype("float32"))
+        step(images[: caching.CACHE_BATCH].astype("float32"))
     start = time.perf_counter()
-    acts, _ = train.cache_activations(bottom, steps, images, TRAIN_VIEWS, progress=False)
+    acts, _ = caching.cache_activations(bottom, steps, images, TRAIN_VIEWS, progress=False)
     cache_s = time.perf_counter() - start
-    pooled = np.stack([train.pooled_features(top, view) for view in acts])
+    pooled = np.stack([caching.pooled_features(top, view) for view in acts])
 
     log(f"training: stage 1 and stage 2, {TRAIN_EPOCHS} epochs each")
-    stage1_s = epoch_seconds(train.head_model(pooled.shape[2:], model), pooled, labels, config.stage1_lr)
-    train.unfreeze(top)
-    stage2_s = epoch_seconds(train.head_model(acts.shape[2:], model, top), acts, labels, config.stage2_lr)
+    stage1_s = epoch_seconds(stages.head_model(pooled.shape[2:], model), pooled, labels, config.stage1_lr)
+    stages.unfreeze(top)
+    stage2_s = epoch_seconds(stages.head_model(acts.shape[2:], model, top), acts, labels, config.stage2_lr)
     keras.mixed_precision.set_global_policy("float32")
     return {
         "images": n_images,

@@ -133,11 +133,12 @@ def test_tfds_without_validation_split_holds_out_a_slice_of_train():
     import tensorflow_datasets as tfds
 
     from flower_demo import train
+    from flower_demo.train import splits
 
     args = train.parse_args(["--tfds", "tf_flowers", "--val-fraction", "0.25"])
     with tfds.testing.mock_data(num_examples=8):
         assert "validation" not in data.tfds_split_names("tf_flowers")
-        train_split, val_split = train.load_splits(args)
+        train_split, val_split = splits.load_splits(args)
     assert train_split.source == "tfds:tf_flowers:train[:75%]"
     assert val_split.source == "tfds:tf_flowers:train[75%:]"
 

@@ -23,6 +23,7 @@ from PIL import Image
 from flower_demo import data, model_files, models, train
 from flower_demo.core import Classifier, predict
 from flower_demo.evaluate import evaluate_model
+from flower_demo.train import distill
 
 NAMES = TINY_CLASSES
 SIZE = TINY_SIZE
@@ -273,7 +274,7 @@ def first_class_teacher(tmp_path_factory, mobilenet_weights) -> Path:
 
 def test_teachers_are_averaged(tmp_path, first_class_teacher, mobilenet_weights):
     second = constant_teacher(tmp_path / "second", mobilenet_weights, 1)
-    teach = train.load_teachers([str(first_class_teacher), str(second)], NAMES, SIZE)
+    teach = distill.load_teachers([str(first_class_teacher), str(second)], NAMES, SIZE)
     probabilities = teach(np.zeros((2, SIZE, SIZE, 3), "float32"))
     np.testing.assert_allclose(probabilities, [[0.4997, 0.4997, 0.0007]] * 2, atol=1e-3)
 

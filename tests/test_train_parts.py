@@ -142,7 +142,7 @@ def test_random_views_cover_every_image_once_an_epoch(per_view):
     views, n, classes = 3, 20, 4
     acts = np.arange(views * n, dtype="float32").reshape(views, n, 1)  # the value says (view, image)
     targets = np.stack([np.eye(classes)[np.arange(n) % classes] * (v + 1) for v in range(views)])
-    batches = train.RandomViews(acts, targets if per_view else targets[0], batch_size=8, seed=0)
+    batches = stages.RandomViews(acts, targets if per_view else targets[0], batch_size=8, seed=0)
     assert len(batches) == 3
     rows = [batches[i] for i in range(len(batches))]
     seen = np.concatenate([x[:, 0] for x, _ in rows]).astype(int)

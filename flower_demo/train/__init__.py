@@ -35,48 +35,10 @@ The parts, in the order a run uses them:
 - outputs.py    the run folder's README.txt, curves, metadata, model.tflite, `ship`
 """
 
-from importlib import import_module
-from typing import Any
-
 from flower_demo.train.cli import build_parser, main, parse_args
 from flower_demo.train.config import PRESETS, TrainConfig
 
-# What the commands, the benchmark (benchmarks/measure.py) and README's `ship` use.
-__all__ = [
-    "CACHE_BATCH",
-    "PRESETS",
-    "RandomViews",
-    "TrainConfig",
-    "activation_steps",
-    "build_parser",
-    "cache_activations",
-    "compile_stage",
-    "fit_stage",
-    "head_model",
-    "load_splits",
-    "load_teachers",
-    "main",
-    "parse_args",
-    "pooled_features",
-    "run",
-    "ship",
-    "split_model",
-    "unfreeze",
-]
-# The parts that need Keras, imported on first use of a name they hold (PEP 562's module
-# __getattr__), so that `python -m flower_demo.train --help` needs only requirements.txt.
-KERAS_PARTS = {
-    "caching": ("CACHE_BATCH", "activation_steps", "cache_activations", "pooled_features"),
-    "distill": ("load_teachers",),
-    "outputs": ("ship",),
-    "pipeline": ("run",),
-    "splits": ("load_splits",),
-    "stages": ("RandomViews", "compile_stage", "fit_stage", "head_model", "split_model", "unfreeze"),
-}
-PART_OF = {name: part for part, names in KERAS_PARTS.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in PART_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{PART_OF[name]}"), name)
+# The command line and its options need only requirements.txt (so `--help` works without
+# TensorFlow); the parts that need Keras are imported by name where they are used, e.g.
+# `from flower_demo.train import stages` or `from flower_demo.train.outputs import ship`.
+__all__ = ["PRESETS", "TrainConfig", "build_parser", "main", "parse_args"]
