@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -239,3 +240,20 @@ def test_train_writes_the_validation_report(trained_run) -> None:
     assert f"validation report: {page}" in trained_run.output
     assert_complete_report(page)
     assert json.loads((trained_run.run_dir / "report" / report.NUMBERS).read_text())["n"] == 6
+
+
+def test_balanced_accuracy_of_many_resamples_is_scikit_learns() -> None:
+    """The bootstrap's vectorized statistic gives scikit-learn's balanced accuracy for each row,
+    classes missing from a row's labels left out as scikit-learn leaves them out."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 7, 60)
+    predicted = np.where(rng.random(60) < 0.7, labels, rng.integers(0, 9, 60))
+    rows = rng.integers(0, 60, (25, 60))  # 25 resamples, some missing classes
+    got = report.balanced_accuracy(labels[rows], predicted[rows])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns of predicted classes absent from a row
+        expected = [balanced_accuracy_score(labels[r], predicted[r]) for r in rows]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert got.shape == (25,)
