@@ -1,6 +1,10 @@
 """The one exception type the public API raises for anything a user can get wrong, and the one line
 that names what to install when an optional package is missing."""
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 TRAIN_INSTALL = 'pip install "flower_demo[train]" (in a checkout: pip install -r requirements-train.txt)'
 # The optional packages by module: training, evaluation and calibration need the train extra; a
 # plot (`predict --plot`, `evaluate --confusion-matrix`) needs matplotlib alone.
@@ -34,3 +38,17 @@ def missing_package(exc: ModuleNotFoundError) -> FlowerDemoError:
         raise exc
     package, install = OPTIONAL_PACKAGES[module]
     return FlowerDemoError(f"this needs {package}, which is not installed: {install}")
+
+
+def exit_status(work: Callable[[], Any], failed: int = 1) -> int:
+    """Run a command's work: 0 when it ends, else `failed` with one `error:` line on stderr for what
+    a user can mend (a FlowerDemoError, or an optional package that is not installed)."""
+    try:
+        work()
+    except FlowerDemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return failed
+    except ModuleNotFoundError as exc:  # only requirements.txt installed
+        print(f"error: {missing_package(exc)}", file=sys.stderr)
+        return failed
+    return 0

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from flower_demo import core, data, metrics, model_files, report
-from flower_demo.errors import FlowerDemoError, missing_package
+from flower_demo.errors import exit_status
 from flower_demo.images import ImageLike
 
 EVAL_BATCH = 64
@@ -263,15 +263,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        run(args)
-    except FlowerDemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # only requirements.txt installed
-        print(f"error: {missing_package(exc)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":

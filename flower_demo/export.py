@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from flower_demo import core, model_files
-from flower_demo.errors import FlowerDemoError, first_line, missing_package
+from flower_demo.errors import FlowerDemoError, exit_status, first_line
 from flower_demo.images import ImageLike, list_images, square_uint8
 
 FORMATS = ("tflite",)
@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
     args = p.parse_args(argv)
-    try:
+
+    def work() -> None:
         started = time.perf_counter()
         target = export_tflite(args.model, args.out, args.quantize, args.data_dir)
         print(
@@ -348,13 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.measure:
             result = measure(target, args.model, args.data_dir, args.repeats)
             print(json.dumps(result) if args.json else format_measurement(result))
-    except FlowerDemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # only requirements.txt installed
-        print(f"error: {missing_package(exc)}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_status(work)
 
 
 if __name__ == "__main__":

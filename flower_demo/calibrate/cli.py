@@ -16,7 +16,7 @@ from flower_demo.calibrate.fit import calibrate
 from flower_demo.calibrate.folds import OOD_PHOTOS, mark_recipe_choice, open_fold
 from flower_demo.calibrate.rules import DEFAULT_RULE, KEEP_FLOWERS, STATS_DTYPE
 from flower_demo.core import CALIBRATION_KEY, OOD_FILE, read_calibration
-from flower_demo.errors import FlowerDemoError, missing_package
+from flower_demo.errors import exit_status
 from flower_demo.metrics import ECE_BINS
 
 DESCRIPTION = 'Honest probabilities and "not one of the 102": temperature scaling and the rejection rule.'
@@ -169,17 +169,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def work() -> None:
         result, written = run(args)
-    except FlowerDemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # only requirements.txt installed
-        print(f"error: {missing_package(exc)}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
-    print(
-        f"calibration written to {written}" if written else "dry run: the model folder is unchanged",
-        file=sys.stderr,
-    )
-    return 0
+        print(json.dumps(result, indent=2) if args.json else format_report(result))
+        done = f"calibration written to {written}" if written else "dry run: the model folder is unchanged"
+        print(done, file=sys.stderr)
+
+    return exit_status(work)

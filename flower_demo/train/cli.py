@@ -13,11 +13,10 @@ requirements, and a missing training package is one `error:` line naming what to
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from flower_demo import model_files
-from flower_demo.errors import FlowerDemoError, missing_package
+from flower_demo.errors import exit_status
 from flower_demo.train import config
 from flower_demo.train.config import SHORT_STAGE_STEPS
 
@@ -266,15 +265,10 @@ def parse_args(argv: list[str] | None = None) -> config.TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def work() -> None:
         settings = parse_args(argv)  # reading a --config file can fail too
         from flower_demo.train.pipeline import run  # Keras and TensorFlow, once the options are read
 
         run(settings)
-    except FlowerDemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ModuleNotFoundError as exc:  # only requirements.txt installed
-        print(f"error: {missing_package(exc)}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_status(work)
