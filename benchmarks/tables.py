@@ -141,7 +141,13 @@ def agreement_rows(g: dict[str, Any]) -> list[Row]:
             f"{g['top1_agreement']:.2%}",
             "agreement.top1_agreement",
         ),
-        ("  validation top-1, LiteRT / Keras", f"{g['tflite_top1']:.2%} / {g['keras_top1']:.2%}", None),
+        (
+            "  validation top-1, LiteRT / Keras",
+            f"{g['tflite_top1']:.2%} / {g['keras_top1']:.2%}"
+            if "tflite_top1" in g
+            else "not scored: the model names other classes than the data",
+            None,
+        ),
     ]
 
 
