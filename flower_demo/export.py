@@ -52,6 +52,7 @@ REPRESENTATIVE_SEED = 0
 WARMUP = 5
 REPEATS = 50
 EXPORTS_KEY = "exports"
+SOURCE_SHA256 = "model_sha256"  # an export's record: the sha256 of the .keras file it was converted from
 # What the converter logs on every run (absl INFO and WARNING lines: "Ignored output_format", the
 # SavedModel it reads back); its errors (E lines) still reach the terminal.
 CONVERTER_NOISE = re.compile(r"^[IW]\d{4} ")
@@ -137,13 +138,12 @@ def export_tflite(
     out_dir: str | os.PathLike | None = None,
     quantize: str = "none",
     data_dir: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> Path:
     """Write the model folder's own `model.tflite` (float32, `out_dir` None), or
-    OUT/model_<quantize>.tflite with OUT/metadata.json (the model's, naming the file)."""
-    from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
-
-    import tensorflow as tf  # isort: skip
-
+    OUT/model_<quantize>.tflite with OUT/metadata.json (the model's, naming the file). The folder's
+    own file is left as it is when it is already the export of this model.keras (up_to_date), unless
+    `force`: the conversion is deterministic, so doing it again would write the same bytes."""
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     source = model_files.model_dir(model_path)
@@ -151,6 +151,15 @@ def export_tflite(
         out_dir = None
     if out_dir is None and quantize != "none":
         raise FlowerDemoError("a quantized file goes into another folder: give --out")
+    keras_file = model_files.model_file(model_path, model_files.MODEL_FILE)
+    if not keras_file.is_file():  # said before TensorFlow's seconds of start-up
+        raise FlowerDemoError(f"model file not found: {keras_file}")
+    if out_dir is None and not force and up_to_date(source, keras_file):
+        return source / model_files.TFLITE_FILE
+    from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
+
+    import tensorflow as tf  # isort: skip
+
     model, metadata = models.load_model(model_path)
     size = int(metadata["image_size"])
     representative = representative_items(data_dir) if quantize == "int8" else None
@@ -166,6 +175,7 @@ def export_tflite(
         "quantize": quantize,
         "source": source.resolve().name,  # the model folder's name: where it sat is no provenance
         "bytes": len(blob),
+        SOURCE_SHA256: model_files.sha256_of(keras_file),
         "representative_images": 2 * len(representative) if representative else None,
         "tensorflow": tf.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -182,6 +192,23 @@ def export_tflite(
         base = metadata if files is None else {**metadata, model_files.FILES_KEY: files}
         staged.publish({**base, EXPORTS_KEY: exports}, removed=removed)
     return folder / name
+
+
+def up_to_date(folder: Path, keras_file: Path) -> bool:
+    """Whether the folder's model.tflite is the export of `keras_file` as it is now: recorded in the
+    folder's metadata (its size and sha256 checked) as converted from a file with this sha256."""
+    target = folder / model_files.TFLITE_FILE
+    if not (target.is_file() and keras_file.is_file()):
+        return False
+    try:
+        metadata = model_files.read_metadata(folder)
+        record = metadata.get(EXPORTS_KEY, {}).get(model_files.TFLITE_FILE, {})
+        model_files.verify_file(target, metadata)
+    except FlowerDemoError:  # no metadata, or a changed or unrecorded model.tflite: convert again
+        return False
+    if SOURCE_SHA256 not in record:
+        return False
+    return record[SOURCE_SHA256] == model_files.sha256_of(keras_file)
 
 
 def earlier_exports(folder: Path, metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -339,14 +366,25 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=REPEATS, help=f"timed calls per latency figure (default: {REPEATS})"
     )
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="convert even when the folder's model.tflite is already the export of its model.keras",
+    )
     args = p.parse_args(argv)
 
     def work() -> None:
         started = time.perf_counter()
-        target = export_tflite(args.model, args.out, args.quantize, args.data_dir)
-        print(
-            f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - started:.0f} s"
+        keras_file = model_files.model_file(args.model, model_files.MODEL_FILE)
+        current = (
+            args.out is None and not args.force and up_to_date(model_files.model_dir(args.model), keras_file)
         )
+        target = export_tflite(args.model, args.out, args.quantize, args.data_dir, args.force)
+        if current:
+            print(f"{target} is up to date: the export of this {keras_file.name} (--force converts again)")
+        else:
+            seconds = time.perf_counter() - started
+            print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) in {seconds:.0f} s")
         if args.measure:
             result = measure(target, args.model, args.data_dir, args.repeats)
             print(json.dumps(result) if args.json else format_measurement(result))

@@ -7,11 +7,14 @@ say "shipped model".
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
     sys.path.insert(0, str(REPO_ROOT))
+# Each pytest process (pytest-xdist runs one per core) and the apps it starts get an upload folder of
+# their own: Gradio's default, /tmp/gradio, is shared by every app on the machine, and one app's
+# clean-up (app.py's delete_cache) deletes the files another has just been sent.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="flower_demo_tests_gradio_")
+atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
 from helpers import (  # noqa: E402
     TINY_CLASSES,

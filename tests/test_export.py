@@ -189,3 +189,27 @@ def test_regression_shipped_tflite_names_the_same_species(
     assert disagreements <= (INT8_DISAGREEMENTS_ALLOWED if quantize == "int8" else 0), (expected, got)
     size = (shipped_exports / export.tflite_file_name(quantize)).stat().st_size
     assert size < (shipped_model_dir / model_files.MODEL_FILE).stat().st_size  # smaller than model.keras
+
+
+def test_export_leaves_an_up_to_date_file_alone(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    """`export --model FOLDER` converts nothing when the folder's model.tflite is recorded as the
+    export of its model.keras as it is now; a changed model.keras or model.tflite is converted again."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in tiny_model_dir.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    lite, keras_file = folder / model_files.TFLITE_FILE, folder / model_files.MODEL_FILE
+    written = lite.stat().st_mtime_ns
+    assert export.up_to_date(folder, keras_file)
+    assert export.main(["--model", str(folder)]) == 0
+    assert (
+        capsys.readouterr().out
+        == f"{lite} is up to date: the export of this model.keras (--force converts again)\n"
+    )
+    assert lite.stat().st_mtime_ns == written
+    lite.write_bytes(lite.read_bytes()[:-8])  # a truncated model.tflite
+    assert not export.up_to_date(folder, keras_file)
+    (folder / model_files.TFLITE_FILE).write_bytes((tiny_model_dir / model_files.TFLITE_FILE).read_bytes())
+    assert export.up_to_date(folder, keras_file)
+    keras_file.write_bytes(keras_file.read_bytes() + b"\0")  # another model.keras
+    assert not export.up_to_date(folder, keras_file)

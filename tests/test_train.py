@@ -240,12 +240,14 @@ def test_resumed_run_exports_at_its_serving_size(resumed_run, tiny_class_tree):
 @pytest.mark.slow
 def test_whole_fine_tune_trains_every_layer_but_batchnorm(tmp_path, tiny_class_tree, mobilenet_weights):
     """`--fine-tune whole`: every convolution changes (the stem too), BatchNorm stays frozen, stage 2
-    runs on photos augmented afresh (no cached cut), and the model serves."""
+    runs on photos augmented afresh (no cached cut), and the model serves; --no-report writes no
+    validation report."""
     run_dir = tmp_path / "whole"
     args = train_args(tiny_class_tree, mobilenet_weights, run_dir, 1, 1, views=1)
-    code, output = quietly([*args, "--fine-tune", "whole", "--keep-cache", "--no-export"])
+    code, output = quietly([*args, "--fine-tune", "whole", "--keep-cache", "--no-export", "--no-report"])
     assert code == 0, output
     assert "stage 2: fine-tuning all" in output
+    assert "validation report" not in output and not (run_dir / "report").exists()  # --no-report
     below, above = kernel_changes(run_dir, mobilenet_weights)
     assert min(below + above) > MOVED, (below, above)
     assert len(json.loads((run_dir / "history.json").read_text())["stage2"]["loss"]) == 1
@@ -291,7 +293,7 @@ def test_distillation_learns_the_teachers_answer(
     args = train_args(tiny_class_tree, mobilenet_weights, run_dir, 20, 0)
     # every epoch: the validation split's labels must not pick the student's epoch
     extra = ["--stage1-lr", "0.03", "--teachers", first_class_teacher, "--distill", "1", "--fixed-epochs"]
-    extra += ["--keep-cache", "--no-export"]
+    extra += ["--keep-cache", "--no-export", "--no-report"]
     code, output = quietly([*args, *extra])
     assert code == 0, output
 

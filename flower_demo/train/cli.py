@@ -226,6 +226,12 @@ def run_options(add: Adder) -> None:
         help="write no model.tflite at the end (a quicker experiment; predict and the app then run "
         "model.keras, and `python -m flower_demo.export --model RUN` writes it later)",
     )
+    add(
+        "--no-report",
+        action="store_true",
+        help="write no validation report (run-dir/report/; `python -m flower_demo.evaluate --model RUN "
+        "--report DIR` writes one later)",
+    )
 
 
 GROUPS = {

@@ -20,8 +20,9 @@ from flower_demo.errors import FlowerDemoError, first_line
 
 SOURCES = ("data_dir", "tfds", "image_folder")  # exactly one names the data
 # Where a run goes and what is done with its result: not part of a recipe, never read from a file.
-RUN_OPTIONS = ("run_dir", "resume", "keep_cache", "ship", "no_export")
-NOT_SAVED = ("resume", "keep_cache", "ship", "no_export")  # settings.json keeps run_dir, as a record
+RUN_OPTIONS = ("run_dir", "resume", "keep_cache", "ship", "no_export", "no_report")
+# settings.json keeps run_dir, as a record
+NOT_SAVED = ("resume", "keep_cache", "ship", "no_export", "no_report")
 SHORT_STAGE_STEPS = 200  # a stage this short gets a warning, and no mixup (it only slows learning there)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -80,6 +81,7 @@ class TrainConfig:
     keep_cache: bool = False
     ship: bool = False
     no_export: bool = False
+    no_report: bool = False
 
 
 DEFAULTS = TrainConfig()

@@ -251,7 +251,7 @@ def write_outputs(
     models.save_model(model, run_dir, metadata)
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     outputs.plot_history(history, run_dir / "curves.png")
-    if metrics and val:
+    if metrics and val and not config.no_report:
         title = f"Validation report: run {run_dir.name}"
         names = metadata["class_names"]
         page = report.write_report(
