@@ -10,8 +10,9 @@ bad file (empty, text, truncated JPEG, decompression-bomb PNG, a zip archive und
 extension); the others send real photos (examples/ and tests/fixtures/flowers/). It checks that
 every photo gets the same answer as flower_demo.predict() gives in this process, every bad file a
 one-line error naming it, and no call hangs (CALL_TIMEOUT); and that the server's resident memory
-grows by less than MAX_GROWTH_MB from call RSS_FROM to the last, and by less than MAX_LATE_GROWTH_MB
-over the last half of the calls (a leak keeps growing there; allocator and cache warm-up levels off).
+grows by less than MAX_LATE_GROWTH_MB over the last half of the calls (a leak keeps growing there).
+Its growth from call RSS_FROM is printed too, with no limit: it includes the allocator's warm-up,
+which took about 5,000 calls in the 10,000-call runs of BENCHMARKS.md.
 The memory is that of the app's process tree, read after call RSS_FROM, every SAMPLE_EVERY calls,
 half-way and at the end. It prints latency percentiles, throughput, the memory at each reading and the
 machine's load average; exit status 1 if a check failed.
@@ -47,7 +48,6 @@ CALLS = 1000
 CLIENTS = 20
 BAD_EVERY = 5  # one call in five sends a bad file
 RSS_FROM = 100  # memory growth is measured from this many finished calls to the last
-MAX_GROWTH_MB = 50
 SAMPLE_EVERY = 500  # finished calls between memory readings
 MAX_LATE_GROWTH_MB = 10  # growth allowed over the last half of the calls
 CALL_TIMEOUT = 120  # seconds; a call still running then counts as hung
@@ -186,17 +186,17 @@ def sample_points(calls: int, rss_from: int, every: int) -> set[int]:
     return {rss_from, calls // 2, calls, *range(every, calls, every)}
 
 
-def memory_report(soak: Soak, rss_from: int, max_growth: float, max_late_growth: float) -> bool:
+def memory_report(soak: Soak, rss_from: int, max_late_growth: float) -> bool:
     """Prints the memory's growth from `rss_from` and over the last half of the calls (the readings
-    themselves were printed as they were taken); whether both are under their limits."""
+    themselves were printed as they were taken); whether the last half grew less than its limit."""
     half, last = soak.calls // 2, soak.rss[soak.calls]
     growth, late = last - soak.rss[rss_from], last - soak.rss[half]
     print(
         f"server RSS: {soak.rss[rss_from]:.0f} MiB after call {rss_from}, {last:.0f} MiB "
-        f"after call {soak.calls}: {growth:+.1f} MiB (limit {max_growth:g})"
+        f"after call {soak.calls}: {growth:+.1f} MiB (warm-up included, no limit)"
     )
     print(f"last half (calls {half} to {soak.calls}): {late:+.1f} MiB (limit {max_late_growth:g})")
-    return growth < max_growth and late < max_late_growth
+    return late < max_late_growth
 
 
 def report(
@@ -213,7 +213,7 @@ def report(
         p50, p95, top = np.percentile(values, [50, 95, 100])
         print(f"{name:9}: {len(values):5d} calls, latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {top:.2f} s")
     print(f"throughput: {len(everything) / wall:.1f} calls/s ({len(everything)} calls in {wall:.0f} s)")
-    memory_ok = memory_report(soak, args.rss_from, args.max_growth, args.max_late_growth)
+    memory_ok = memory_report(soak, args.rss_from, args.max_late_growth)
     print(f"wrong answers, unclear errors or hangs: {len(soak.failures)}")
     for failure in soak.failures[:10]:
         print("  " + failure)
@@ -227,7 +227,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sample-every", type=int, default=SAMPLE_EVERY, help="calls between memory readings"
     )
-    parser.add_argument("--max-growth", type=float, default=MAX_GROWTH_MB, help="MiB, from call RSS_FROM")
     parser.add_argument(
         "--max-late-growth", type=float, default=MAX_LATE_GROWTH_MB, help="MiB, over the last half"
     )
