@@ -61,8 +61,7 @@ def load_oxford_folder(data_dir: str | os.PathLike, split: str) -> LabeledImages
     data_dir = Path(data_dir)
     if split not in OXFORD_SPLITS:
         raise FlowerDemoError(f"unknown split {split!r}; choose one of {', '.join(OXFORD_SPLITS)}")
-    if not data_dir.is_dir():
-        raise FlowerDemoError(f"data folder not found: {data_dir}")
+    existing_folder(data_dir, "data folder")
     for name in ("imagelabels.mat", "setid.mat"):
         if not (data_dir / name).is_file():
             raise FlowerDemoError(f"{data_dir} is not a Flowers-102 folder: {name} is missing")
@@ -147,15 +146,20 @@ def tfds_split_names(name: str, data_dir: str | None = None) -> list[str]:
 # --- class-per-folder trees ------------------------------------------------------------------
 
 
+def existing_folder(path: Path, what: str) -> Path:
+    """`path`, or one line saying that this folder (`what`: "data folder", "image folder") is not there."""
+    if not path.is_dir():
+        raise FlowerDemoError(f"{what} not found: {path}")
+    return path
+
+
 def load_image_folder(
     root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[LabeledImages, LabeledImages]:
     """(train, validation) from root/CLASS_NAME/*.jpg: a seeded split, stratified by class
     (scikit-learn's train_test_split) over the classes with several images; a class of one image
     goes to training."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FlowerDemoError(f"image folder not found: {root}")
+    root = existing_folder(Path(root), "image folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     per_class = [
         sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

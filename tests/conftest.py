@@ -16,13 +16,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
@@ -98,7 +99,23 @@ def app_url(app_module: ModuleType) -> Iterator[str]:
         app_module.demo.close()
 
 
-# --- small models built here -----------------------------------------------------------------
+# --- small models built here, once per test run ----------------------------------------------
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name`, filled by build(folder) once per test run rather than once per
+    pytest-xdist worker: the workers' temp folders share a parent, and the first worker to ask
+    builds it there under a lock while the others wait, then all of them read it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(f"{folder}.lock"):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -110,22 +127,25 @@ def mobilenet_weights(tmp_path_factory) -> Path:
     to the batch statistics of random images gives features of order 1, and non-trivial moving
     statistics that a test can check are left alone by fine-tuning.
     """
-    import keras
+    name = "mobilenet_v2_32.weights.h5"
 
-    keras.utils.set_random_seed(1234)
-    backbone = keras.applications.MobileNetV2(
-        include_top=False, weights=None, input_shape=(TINY_SIZE, TINY_SIZE, 3), pooling="avg"
-    )
-    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:
-        layer.momentum = 0.0  # one training-mode call sets moving stats to the batch stats
-    pixels = np.random.default_rng(0).uniform(0, 255, (32, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
-    backbone(keras.applications.mobilenet_v2.preprocess_input(pixels), training=True)
-    for layer in norms:
-        layer.momentum = 0.999
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_32.weights.h5"
-    backbone.save_weights(path)
-    return path
+    def build(folder: Path) -> None:
+        import keras
+
+        keras.utils.set_random_seed(1234)
+        backbone = keras.applications.MobileNetV2(
+            include_top=False, weights=None, input_shape=(TINY_SIZE, TINY_SIZE, 3), pooling="avg"
+        )
+        norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in norms:
+            layer.momentum = 0.0  # one training-mode call sets moving stats to the batch stats
+        pixels = np.random.default_rng(0).uniform(0, 255, (32, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
+        backbone(keras.applications.mobilenet_v2.preprocess_input(pixels), training=True)
+        for layer in norms:
+            layer.momentum = 0.999
+        backbone.save_weights(folder / name)
+
+    return built_once(tmp_path_factory, "weights", build) / name
 
 
 @pytest.fixture(scope="session")
@@ -134,18 +154,19 @@ def tiny_model_dir(tmp_path_factory, mobilenet_weights: Path) -> Path:
     model.tflite that the serving core runs by default."""
     from flower_demo import export
 
-    folder = tmp_path_factory.mktemp("tiny_model")
-    save_tiny_model(folder, mobilenet_weights, TINY_SIZE, TINY_CLASSES, seed=7)
-    export.export_tflite(folder)
-    return folder
+    def build(folder: Path) -> None:
+        save_tiny_model(folder, mobilenet_weights, TINY_SIZE, TINY_CLASSES, seed=7)
+        export.export_tflite(folder)
+
+    return built_once(tmp_path_factory, "tiny_model", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_class_tree(tmp_path_factory) -> Path:
     """root/<class>/NN.png: the tiny model's three classes, 10 photos each (2 each in its seeded
     validation part, what `evaluate --image-folder` measures)."""
-    root = tmp_path_factory.mktemp("data") / "tree"
-    return make_class_tree(root, TINY_COLOURS, per_class=10, size=TINY_SIZE + 8)
+    build = lambda root: make_class_tree(root, TINY_COLOURS, per_class=10, size=TINY_SIZE + 8)
+    return built_once(tmp_path_factory, "tiny_class_tree", build)
 
 
 class TrainedRun(NamedTuple):
@@ -162,18 +183,24 @@ def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path
     report written; --no-export (test_train's quick recipe run checks the export)."""
     from flower_demo import train
 
-    run_dir = tmp_path_factory.mktemp("runs") / "run"
-    args = [
-        "--image-folder", str(tiny_class_tree), "--weights", str(mobilenet_weights),
-        "--image-size", str(TINY_SIZE), "--serve-size", str(TINY_SIZE + 16), "--views", "2",
-        "--batch-size", "8", "--stage1-epochs", "2", "--stage2-epochs", "2", "--no-export",
-        "--run-dir", str(run_dir),
-    ]  # fmt: skip
-    started, printed = time.time(), io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = train.main(args)
-    assert code == 0, printed.getvalue()
-    return TrainedRun(run_dir, printed.getvalue(), args, started)
+    def args(run_dir: Path) -> list[str]:
+        return [
+            "--image-folder", str(tiny_class_tree), "--weights", str(mobilenet_weights),
+            "--image-size", str(TINY_SIZE), "--serve-size", str(TINY_SIZE + 16), "--views", "2",
+            "--batch-size", "8", "--stage1-epochs", "2", "--stage2-epochs", "2", "--no-export",
+            "--run-dir", str(run_dir),
+        ]  # fmt: skip
+
+    def build(folder: Path) -> None:  # what the run printed and when it started are kept beside it
+        started, printed = time.time(), io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = train.main(args(folder / "run"))
+        assert code == 0, printed.getvalue()
+        (folder / "run.json").write_text(json.dumps({"output": printed.getvalue(), "started": started}))
+
+    folder = built_once(tmp_path_factory, "trained_run", build)
+    record = json.loads((folder / "run.json").read_text())
+    return TrainedRun(folder / "run", record["output"], args(folder / "run"), record["started"])
 
 
 @pytest.fixture(scope="session")

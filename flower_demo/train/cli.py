@@ -17,7 +17,7 @@ from typing import Any
 
 from flower_demo import model_files
 from flower_demo.errors import exit_status
-from flower_demo.train import config
+from flower_demo.train import config, splits
 from flower_demo.train.config import SHORT_STAGE_STEPS
 
 QUICK_HELP = (
@@ -273,6 +273,7 @@ def parse_args(argv: list[str] | None = None) -> config.TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         settings = parse_args(argv)  # reading a --config file can fail too
+        splits.check_source(settings)
         from flower_demo.train.pipeline import run  # Keras and TensorFlow, once the options are read
 
         run(settings)

@@ -3,11 +3,21 @@ Flowers-102 (a folder or tensorflow_datasets), or a class-per-folder tree's own 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from flower_demo import data
 from flower_demo.errors import FlowerDemoError
 from flower_demo.train.config import TrainConfig
+
+
+def check_source(config: TrainConfig) -> None:
+    """A data folder or image folder that is not there, said before TensorFlow's seconds of start-up."""
+    if config.data_dir:
+        data.existing_folder(Path(config.data_dir), "data folder")
+    if config.image_folder:
+        data.existing_folder(Path(config.image_folder), "image folder")
 
 
 def chosen_splits(config: TrainConfig) -> tuple[list[str], str | None]:
