@@ -185,18 +185,20 @@ def test_cli_plot_one_figure_per_image(tiny_model_dir: Path, tmp_path: Path) -> 
     assert not out.exists()  # several images: one file each, none under OUT itself
 
 
-def test_cli_plot_single_image_and_unwritable(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    from flower_demo.predict import main as predict_main
-
+def test_cli_plot_single_image_and_unwritable(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """As a subprocess, as users run it (it starts without TensorFlow, in about a second). Imported
+    here, the module flower_demo.predict would take the place of the function flower_demo.predict
+    for the rest of this test process: Python binds an imported submodule to its package's name."""
     a = save_solid(tmp_path / "a.png", (200, 30, 30), noise=20)
     out = tmp_path / "top.png"
-    assert predict_main([str(a), "--model", str(tiny_model_dir), "--plot", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["plot"] == str(out)
+    result = run_module("flower_demo.predict", a, "--model", tiny_model_dir, "--plot", out, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["plot"] == str(out)
     assert Image.open(out).size == report.PLOT_PIXELS
-    assert (
-        predict_main([str(a), "--model", str(tiny_model_dir), "--plot", str(tmp_path / "no" / "x.png")]) == 1
-    )
-    err = capsys.readouterr().err.strip()
+    unwritable = tmp_path / "no" / "x.png"
+    result = run_module("flower_demo.predict", a, "--model", tiny_model_dir, "--plot", unwritable)
+    assert result.returncode == 1
+    err = result.stderr.strip()
     assert err.startswith("error: ") and "cannot write" in err and "\n" not in err
 
 

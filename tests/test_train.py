@@ -164,7 +164,7 @@ def resumed_run(tmp_path_factory, trained_run):
     """
     run_dir = tmp_path_factory.mktemp("runs") / "resumed"
     shutil.copytree(trained_run.run_dir, run_dir)
-    extend = ["--run-dir", run_dir, "--stage1-epochs", 4, "--resume", "--keep-cache"]
+    extend = ["--run-dir", run_dir, "--stage1-epochs", 4, "--resume", "--keep-cache", "--no-report"]
     args = [*(a for a in trained_run.args if a != "--no-export"), *extend]  # the last value of an option wins
     model_written = (run_dir / "model.keras").stat().st_mtime_ns
 
