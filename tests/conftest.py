@@ -221,7 +221,8 @@ def tiny_keras_classifier(tiny_model_dir: Path):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "slow: starts a separate Python process (TensorFlow start-up), or trains a whole run of its own",
+        "slow: starts a separate Python process (TensorFlow start-up), needs a whole training run "
+        "(its own or conftest's trained_run), or a model conversion beyond conftest's tiny model",
     )
 
 

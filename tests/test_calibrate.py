@@ -356,6 +356,7 @@ def fake_flowers102(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_calibrate_command_writes_rule_predictions_use(
     flowers102_model: Path, fake_flowers102: Path, capsys
 ) -> None:
@@ -390,6 +391,7 @@ def test_calibrate_command_writes_rule_predictions_use(
     assert kept >= rules.KEEP_FLOWERS - 1 / len(photos)
 
 
+@pytest.mark.slow
 def test_calibrate_other_rule_dry_run_and_errors(
     flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
 ) -> None:
@@ -420,6 +422,7 @@ def recipe_run(model: Path, folder: Path, train_splits: str, val_split: str, fix
     return folder
 
 
+@pytest.mark.slow
 def test_final_model_is_calibrated_out_of_fold_with_an_estimate(
     flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
 ) -> None:

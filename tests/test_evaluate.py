@@ -33,6 +33,7 @@ def second_classifier(second_model: Path):
     return Classifier(second_model)
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_of_each_models_probabilities(
     tiny_keras_classifier, second_classifier, tiny_class_tree: Path
 ) -> None:

@@ -51,6 +51,7 @@ def colour_photos(tmp_path_factory) -> list[Path]:
     ]
 
 
+@pytest.mark.slow
 def test_export_writes_files_and_metadata(tiny_exports: Path, tiny_model_dir: Path) -> None:
     metadata = json.loads((tiny_exports / model_files.METADATA_FILE).read_text())
     source = json.loads((tiny_model_dir / model_files.METADATA_FILE).read_text())
@@ -68,6 +69,7 @@ def test_export_writes_files_and_metadata(tiny_exports: Path, tiny_model_dir: Pa
     assert metadata[export.EXPORTS_KEY]["model_int8.tflite"]["representative_images"] > 0
 
 
+@pytest.mark.slow
 def test_tflite_classifier_agrees_with_keras(
     tiny_model_dir, tiny_exports, tiny_keras_classifier, colour_photos
 ) -> None:
@@ -88,6 +90,7 @@ def test_tflite_classifier_agrees_with_keras(
         ]
 
 
+@pytest.mark.slow
 def test_tflite_from_the_command_line(tiny_exports: Path, colour_photos, tmp_path: Path) -> None:
     model = tiny_exports / "model_int8.tflite"
     result = run_module("flower_demo.predict", colour_photos[0], "--model", model, "--json")
@@ -112,6 +115,7 @@ def test_exported_outputs(tiny_model_dir: Path, tiny_keras_classifier) -> None:
     assert got[model_files.CLASS_MAPS].shape[-1] == 3 and got[model_files.FEATURES].shape == (2, 1280)
 
 
+@pytest.mark.slow
 def test_export_errors(tiny_model_dir: Path, tiny_exports: Path, tmp_path: Path) -> None:
     with pytest.raises(FlowerDemoError, match="another folder"):
         export.export_tflite(tiny_model_dir, tiny_model_dir, "float16")

@@ -236,6 +236,7 @@ def test_evaluate_report_pointing_at_a_file(
     assert err == f"error: report folder {file} is a file, not a folder\n"
 
 
+@pytest.mark.slow
 def test_train_writes_the_validation_report(trained_run) -> None:
     """The end of a training run (conftest's shared one) writes its validation split's report."""
     page = trained_run.run_dir / "report" / report.PAGE

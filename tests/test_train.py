@@ -50,6 +50,7 @@ def quietly(argv: list) -> tuple[int, str]:
 # --- the shared run --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_folder(trained_run, tiny_class_tree, mobilenet_weights):
     run_dir, output = trained_run.run_dir, trained_run.output
     for name in ("model.keras", "metadata.json", "history.json", "curves.png", "settings.json"):
@@ -78,12 +79,14 @@ def test_run_folder(trained_run, tiny_class_tree, mobilenet_weights):
     assert "stage 2: fine-tuning" in output
 
 
+@pytest.mark.slow
 def test_training_leaves_weights_alone(trained_run):
     """A run without --ship writes nothing into weights/ or label_map.json."""
     shipped = [*model_files.SHIPPED_MODEL_DIR.glob("*"), model_files.SHIPPED_LABEL_MAP]
     assert all(path.stat().st_mtime < trained_run.started for path in shipped if path.exists())
 
 
+@pytest.mark.slow
 def test_run_folder_reruns_its_recipe(trained_run):
     """settings.json is the run's config: --config gives it back; so does metadata.json's "training",
     with the data and the weights file given again (the metadata need not say where they were)."""
@@ -94,6 +97,19 @@ def test_run_folder_reruns_its_recipe(trained_run):
         assert rerun == dataclasses.replace(made, run_dir=None, no_export=False)  # run options stay out
 
 
+def test_shipped_model_gives_back_its_recipe():
+    """README's `train --config weights/metadata.json --data-dir DATA_DIR --weights imagenet`: the
+    recipe of the final run in "The shipped model" (256 px, 16 views, 46 stage-2 epochs, train +
+    validation, no validation split), with the data and weights given on the command line."""
+    args = ["--config", str(model_files.SHIPPED_MODEL_DIR / "metadata.json"), "--data-dir", "DATA_DIR"]
+    recipe = train.parse_args([*args, "--weights", "imagenet"])
+    assert (recipe.image_size, recipe.views, recipe.stage2_epochs) == (256, 16, 46)
+    assert (recipe.train_splits, recipe.val_split) == ("train,validation", "none")
+    assert recipe.data_dir == "DATA_DIR"
+    assert recipe.weights == "imagenet" and recipe.run_dir is None
+
+
+@pytest.mark.slow
 def test_trained_model_reloads_and_predicts(trained_run, tiny_class_tree):
     run_dir = trained_run.run_dir
     classifier = Classifier(run_dir)  # no model.tflite (--no-export): the Keras engine serves it
@@ -141,6 +157,7 @@ def kernel_changes(run_dir: Path, weights: Path) -> tuple[list[float], list[floa
 MOVED = 1e-5
 
 
+@pytest.mark.slow
 def test_stage2_keeps_batchnorm_and_tunes_the_top(trained_run, mobilenet_weights):
     """BatchNorm stays frozen through fine-tuning; the convolutions above the cut change; those
     below it do not."""
