@@ -486,6 +486,7 @@ def test_the_fold_the_recipe_was_picked_on_is_marked(tmp_path: Path) -> None:
     assert "(the recipe was chosen on them)" in out and "the folds no choice saw (1)" in out
 
 
+@pytest.mark.slow
 def test_recipe_chosen_on_a_run_that_is_not_a_fold(
     flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
 ) -> None:
@@ -497,6 +498,7 @@ def test_recipe_chosen_on_a_run_that_is_not_a_fold(
     assert err.startswith("error: --recipe-chosen-on") and "not one of the --folds runs" in err
 
 
+@pytest.mark.slow
 def test_folds_meet_the_model_and_the_data_by_name(
     flowers102_model: Path, fake_flowers102: Path, tmp_path: Path, capsys
 ) -> None:
