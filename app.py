@@ -78,7 +78,8 @@ try:
 except FlowerDemoError as exc:  # a missing or mismatched model: one clear line, exit status 1
     raise SystemExit(f"error: cannot serve: {exc}") from None
 print(f"flower_demo: serving {CLASSIFIER.engine.path} on {CLASSIFIER.engine.device}", flush=True)
-LIBC = ctypes.CDLL(None)  # the C library this process runs on, for release_memory
+# The C library this process runs on, for release_memory (Windows has no such handle: None).
+LIBC = ctypes.CDLL(None) if os.name == "posix" else None
 CALLS = itertools.count(1)  # /predict calls so far (next() on it is atomic under the GIL)
 
 

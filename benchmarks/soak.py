@@ -159,9 +159,7 @@ class Soak:
         """Reads the memory of app.py and its children now, and says so (a long run shows its
         progress)."""
         self.rss[self.finished] = serving.app_tree(self.server.pid)[0] / 2**20
-        own = (
-            self.server.memory_info()
-        )  # app.py's own: anonymous memory, and pages of files (libraries, model)
+        own = self.server.memory_info()  # app.py's own: anonymous memory, pages of files (libraries, model)
         seconds = time.perf_counter() - self.began
         print(
             f"  {self.finished} calls in {seconds:.0f} s: server RSS {self.rss[self.finished]:.1f} MiB "

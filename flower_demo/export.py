@@ -147,15 +147,15 @@ def export_tflite(
     if quantize not in QUANTIZE:
         raise FlowerDemoError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     source = model_files.model_dir(model_path)
-    if out_dir is not None and Path(out_dir).resolve() == source.resolve():
+    if in_place(model_path, out_dir):
         out_dir = None
     if out_dir is None and quantize != "none":
         raise FlowerDemoError("a quantized file goes into another folder: give --out")
     keras_file = model_files.model_file(model_path, model_files.MODEL_FILE)
     if not keras_file.is_file():  # said before TensorFlow's seconds of start-up
         raise FlowerDemoError(f"model file not found: {keras_file}")
-    if out_dir is None and not force and up_to_date(source, keras_file):
-        return source / model_files.TFLITE_FILE
+    if not force and (existing := current_export(model_path, out_dir, quantize)):
+        return existing
     from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
 
     import tensorflow as tf  # isort: skip
@@ -192,6 +192,23 @@ def export_tflite(
         base = metadata if files is None else {**metadata, model_files.FILES_KEY: files}
         staged.publish({**base, EXPORTS_KEY: exports}, removed=removed)
     return folder / name
+
+
+def in_place(model_path: str | os.PathLike | None, out_dir: str | os.PathLike | None) -> bool:
+    """Whether an export goes into the model folder itself: no out folder, or that very folder."""
+    return out_dir is None or Path(out_dir).resolve() == model_files.model_dir(model_path).resolve()
+
+
+def current_export(
+    model_path: str | os.PathLike | None, out_dir: str | os.PathLike | None, quantize: str
+) -> Path | None:
+    """The folder's own model.tflite when exporting would write it again unchanged (up_to_date),
+    else None (a quantized or out-of-folder export is always written)."""
+    if quantize != "none" or not in_place(model_path, out_dir):
+        return None
+    folder = model_files.model_dir(model_path)
+    keras_file = model_files.model_file(model_path, model_files.MODEL_FILE)
+    return folder / model_files.TFLITE_FILE if up_to_date(folder, keras_file) else None
 
 
 def up_to_date(folder: Path, keras_file: Path) -> bool:
@@ -375,14 +392,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         started = time.perf_counter()
-        keras_file = model_files.model_file(args.model, model_files.MODEL_FILE)
-        current = (
-            args.out is None and not args.force and up_to_date(model_files.model_dir(args.model), keras_file)
-        )
-        target = export_tflite(args.model, args.out, args.quantize, args.data_dir, args.force)
-        if current:
-            print(f"{target} is up to date: the export of this {keras_file.name} (--force converts again)")
-        else:
+        existing = None if args.force else current_export(args.model, args.out, args.quantize)
+        if existing:
+            keras_name = model_files.model_file(args.model, model_files.MODEL_FILE).name
+            print(f"{existing} is up to date: the export of this {keras_name} (--force converts again)")
+            target = existing
+        else:  # checked just now: converting is what is left to do
+            target = export_tflite(args.model, args.out, args.quantize, args.data_dir, force=True)
             seconds = time.perf_counter() - started
             print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) in {seconds:.0f} s")
         if args.measure:
