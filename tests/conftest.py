@@ -228,9 +228,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_readme's command groups first, those with the most training runs first (a minute or
-    more each on 2 cores):
-    pytest-xdist's workers take the tests in this order, so the long ones start at once and the
-    run ends on short tests that an idle worker can take over, not on one long test."""
+    more each on 2 cores): pytest-xdist's workers take the tests in this order, so the long ones
+    start at once and the run ends on short tests that an idle worker can take over."""
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
 
     def cost(item: pytest.Item) -> tuple[int, int]:

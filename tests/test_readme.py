@@ -10,7 +10,7 @@ the ImageNet weights (`--weights imagenet`, also the default: a download) become
 weights file, and training commands get TRAIN_SPEEDUP appended (argparse lets the last value win),
 so that a training run takes seconds: stage 2 tunes only the backbone's last block (its graph is
 what costs time to build), and no model.tflite or validation report is written at the end (the
-conversion costs more than the tiny run, and drawing the 102-class report a fifth of it; test_train's
+conversion costs more than the tiny run, and drawing the 102-class report about 15% of it; test_train's
 quick run checks that export, conftest's shared run the report). The full recipes' figures are
 measured, with their commands, in README itself. Commands that share nothing they write form
 separate tests (command_groups), which pytest-xdist spreads over the cores; inside a group they run
