@@ -169,6 +169,9 @@ def tiny_class_tree(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "tiny_class_tree", build)
 
 
+FINE_TUNE_FROM = "block_15_add"  # trained_run's cut: stage 2 tunes MobileNetV2's block 16 and head
+
+
 class TrainedRun(NamedTuple):
     run_dir: Path
     output: str  # what the run printed
@@ -180,7 +183,9 @@ class TrainedRun(NamedTuple):
 def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path) -> TrainedRun:
     """One tiny whole training run on tiny_class_tree, shared by every test that needs a trained run
     folder: both stages (2 + 2 epochs, 2 views, 32 px), saved at --serve-size 48, the validation
-    report written; --no-export (test_train's quick recipe run checks the export)."""
+    report written; --no-export (test_train's quick recipe run checks the export). Stage 2 tunes
+    from FINE_TUNE_FROM, late in the backbone: from the registry's own cut it took two thirds of
+    the run's time (graph building), and what stage 2 may change is checked at any cut."""
     from flower_demo import train
 
     def args(run_dir: Path) -> list[str]:
@@ -188,6 +193,7 @@ def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path
             "--image-folder", str(tiny_class_tree), "--weights", str(mobilenet_weights),
             "--image-size", str(TINY_SIZE), "--serve-size", str(TINY_SIZE + 16), "--views", "2",
             "--batch-size", "8", "--stage1-epochs", "2", "--stage2-epochs", "2", "--no-export",
+            "--fine-tune-from", FINE_TUNE_FROM,
             "--run-dir", str(run_dir),
         ]  # fmt: skip
 

@@ -129,12 +129,14 @@ def test_trained_model_reloads_and_predicts(trained_run, tiny_class_tree):
 
 
 def kernel_changes(run_dir: Path, weights: Path) -> tuple[list[float], list[float]]:
-    """How far stage 2 moved the backbone's convolution kernels, (below the registry's cut, above
-    it); asserts first that BatchNorm stayed frozen (weights and moving statistics)."""
-    model, _ = models.load_model(run_dir)
+    """How far stage 2 moved the backbone's convolution kernels, (below the run's cut, above it):
+    its --fine-tune-from, else the registry's; asserts first that BatchNorm stayed frozen (weights
+    and moving statistics)."""
+    model, metadata = models.load_model(run_dir)
     tuned = models.backbone_of(model)
     start = models.create_backbone("mobilenet_v2", SIZE, str(weights))  # what training began with
-    cut = [layer.name for layer in tuned.layers].index(models.BACKBONES["mobilenet_v2"].fine_tune_from)
+    name = metadata["training"]["fine_tune_from"] or models.BACKBONES["mobilenet_v2"].fine_tune_from
+    cut = [layer.name for layer in tuned.layers].index(name)
 
     norms = [layer for layer in tuned.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) == 52
