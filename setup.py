@@ -22,6 +22,7 @@ SHIPPED = [
     "weights/model.keras",
     "weights/metadata.json",
     "weights/ood.npz",
+    "weights/thumbnails",  # the reference photos shown beside answers, a folder
     "weights/README.md",  # the model card
     "label_map.json",
 ]
@@ -37,9 +38,11 @@ class BuildWithShippedModel(build_py):
         super().run()
         target = os.path.join(self.build_lib, SHIPPED_PACKAGE_DIR)
         self.mkpath(target)
-        for source in SHIPPED:
-            if os.path.isfile(source):  # a checkout without a trained model builds a package without it
+        for source in SHIPPED:  # a checkout without a trained model builds a package without it
+            if os.path.isfile(source):
                 self.copy_file(source, os.path.join(target, os.path.basename(source)))
+            elif os.path.isdir(source):
+                self.copy_tree(source, os.path.join(target, os.path.basename(source)))
 
 
 setup(

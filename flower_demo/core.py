@@ -12,14 +12,15 @@ beside the network in one or both of two forms:
   where TensorFlow sees a GPU. Its engine lives in models.py and is imported only then.
 Both take RGB pixels 0..255 at the model's input size: the backbone's preprocessing is inside.
 Once calibrated, `ood.npz` beside them holds the statistics of the "not one of the classes" rule
-(for kNN, the normalised training features), applied to the pooled features of the same pass.
+(for kNN, the normalised training features), applied to the pooled features of the same pass, and
+the reference photos (neighbours.py): the training photos most like the photo come with the answer.
 
 This module owns the engines, the calibration and "not one of the classes" rule applied at run
 time, `Prediction`, `Classifier`, `process_image`, `predict` and `predict_batch`; what a model
 folder holds (file names, metadata, label maps) is model_files.py's. Everything else (training,
 evaluation, calibration fitting, export, the app, the benchmarks) imports it; it imports only
-errors.py, images.py and model_files.py (and models.py, for the Keras engine, only when that engine
-is asked for; models.py does not import this module).
+errors.py, images.py, model_files.py and neighbours.py (and models.py, for the Keras engine, only
+when that engine is asked for; models.py does not import this module).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from flower_demo.model_files import (  # what a model folder holds; core's calle
     read_metadata,
     verify_file,
 )
+from flower_demo.neighbours import DEFAULT_NEIGHBOURS, References, read_references
 
 ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
 ENGINES = ("auto", "litert", "keras")
@@ -398,6 +400,10 @@ class Prediction:
     class_names: list[str]
     probabilities: list[float]
     is_known: bool = True  # False: the calibration's rule says it is none of the model's classes
+    # The training photos most like this one, best first: {"class_name", "similarity" (cosine,
+    # 0..1), "image" (its thumbnail's path)}; of the top class, or of any class when not is_known.
+    # Empty when not asked for or the model folder holds no reference photos.
+    neighbours: list[dict[str, Any]] = field(default_factory=list)
     # With explain=True: where the top class's evidence lies, (size, size) float32 in 0..1 over
     # the centre square the model saw; not part of as_dict().
     heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -441,6 +447,10 @@ class Classifier:
         self.calibration = read_calibration(self.metadata, model_dir(model_path))
         self.image_size = int(self.metadata["image_size"])
         self.num_classes = len(self.metadata["class_names"])
+        knn_bank = self.calibration.statistics.get("bank") if self.calibration else None
+        self.references: References | None = read_references(
+            model_dir(model_path), self.metadata, self.num_classes, knn_bank
+        )
         self.class_names = (
             load_label_map(category_names, self.num_classes)
             if category_names is not None
@@ -496,21 +506,39 @@ class Classifier:
         k: int,
         class_maps: np.ndarray | None = None,
         features: np.ndarray | None = None,
+        neighbours: int = 0,
     ) -> Prediction:
         """The best `k` classes of one image's probabilities, the calibration's verdict (a feature
-        rule needs the image's pooled features) and, given the image's class maps, the heatmap of
-        the best class."""
+        rule needs the image's pooled features), given the image's class maps, the heatmap of the
+        best class, and given its features, its `neighbours` nearest reference photos."""
         best = np.argsort(-probabilities)[:k]
+        known = self.calibration is None or bool(self.calibration.is_known(probabilities, features))
+        nearest = []
+        if neighbours and self.references is not None and features is not None:
+            of = int(best[0]) if known else None  # a photo turned away: the nearest of any class
+            nearest = self.references.nearest(features, self.class_names, of, neighbours)
         return Prediction(
             class_ids=[int(i) + 1 for i in best],
             class_names=[self.class_names[i] for i in best],
             probabilities=[float(probabilities[i]) for i in best],
-            is_known=self.calibration is None or bool(self.calibration.is_known(probabilities, features)),
+            is_known=known,
+            neighbours=nearest,
             heatmap=None if class_maps is None else class_heatmap(class_maps[..., best[0]], self.image_size),
         )
 
-    def predictions(self, pixels: np.ndarray, k: int, explain: bool = False) -> list[Prediction]:
-        """Predictions for a batch of process_image arrays (with heatmaps if `explain`)."""
+    def check_neighbours(self, neighbours: int | None) -> int:
+        """`neighbours` if it is a valid count (0: none); None means DEFAULT_NEIGHBOURS."""
+        if neighbours is None:
+            return DEFAULT_NEIGHBOURS
+        if not isinstance(neighbours, (int, np.integer)) or isinstance(neighbours, bool) or neighbours < 0:
+            raise FlowerDemoError(f"neighbours must be a whole number from 0 up, got {neighbours!r}")
+        return int(neighbours)
+
+    def predictions(
+        self, pixels: np.ndarray, k: int, explain: bool = False, neighbours: int = 0
+    ) -> list[Prediction]:
+        """Predictions for a batch of process_image arrays (with heatmaps if `explain`, and
+        `neighbours` reference photos each)."""
         outputs = self.run(pixels)
         maps = outputs.get(CLASS_MAPS) if explain else None
         if explain and maps is None:
@@ -520,7 +548,13 @@ class Classifier:
             )
         features = outputs.get(FEATURES)
         return [
-            self.top_k(row, k, None if maps is None else maps[i], None if features is None else features[i])
+            self.top_k(
+                row,
+                k,
+                None if maps is None else maps[i],
+                None if features is None else features[i],
+                neighbours,
+            )
             for i, row in enumerate(outputs[PROBABILITIES])
         ]
 
@@ -547,13 +581,15 @@ def predict(
     model: Classifier | str | os.PathLike | None = None,
     top_k: int | None = None,
     explain: bool = False,
+    neighbours: int | None = None,
 ) -> Prediction:
-    """Top-K classes of one image (path, bytes, PIL image or array); with `explain`, the heatmap of
-    the best class too, from the same forward pass."""
+    """Top-K classes of one image (path, bytes, PIL image or array) and its `neighbours` nearest
+    reference photos (DEFAULT_NEIGHBOURS; 0: none); with `explain`, the heatmap of the best class
+    too. All from the same forward pass."""
     classifier = get_classifier(model)
-    k = classifier.check_top_k(top_k)
+    k, n = classifier.check_top_k(top_k), classifier.check_neighbours(neighbours)
     pixels = square_uint8(image, classifier.image_size)[None]
-    return classifier.predictions(pixels, k, explain)[0]
+    return classifier.predictions(pixels, k, explain, n)[0]
 
 
 def predict_batch(
@@ -563,13 +599,14 @@ def predict_batch(
     batch_size: int = BATCH_SIZE,
     skip_errors: bool = False,
     explain: bool = False,
+    neighbours: int | None = None,
 ) -> list[Prediction | FlowerDemoError]:
     """Top-K classes of many images, run through the model `batch_size` at a time.
 
     A bad image raises FlowerDemoError, or with `skip_errors` takes that error's place in the list.
     """
     classifier = get_classifier(model)
-    k = classifier.check_top_k(top_k)
+    k, n = classifier.check_top_k(top_k), classifier.check_neighbours(neighbours)
     results: list[Prediction | FlowerDemoError] = []
     for start in range(0, len(images), batch_size):
         decoded: list[np.ndarray | FlowerDemoError] = []
@@ -581,6 +618,6 @@ def predict_batch(
                     raise
                 decoded.append(exc)
         good = [d for d in decoded if isinstance(d, np.ndarray)]
-        answers = iter(classifier.predictions(np.stack(good), k, explain) if good else [])
+        answers = iter(classifier.predictions(np.stack(good), k, explain, n) if good else [])
         results += [next(answers) if isinstance(d, np.ndarray) else d for d in decoded]
     return results

@@ -2,9 +2,11 @@
 
 A model folder (the shipped one is `weights/`) holds `metadata.json` (class names, input size,
 backbone, metrics, calibration) beside `model.tflite` (what the serving core runs) and/or
-`model.keras` (the trained Keras model), and `ood.npz` when the stored "not one of the classes"
-rule needs statistics. The folder is one unit: metadata.json's "files" records each model
-file's size and sha256, loading refuses a file that does not match (`verify_file`), and every
+`model.keras` (the trained Keras model), and, once calibrated, `ood.npz` (the "not one of the
+classes" rule's statistics and the reference photos' features) with `thumbnails/` (the reference
+photos themselves, neighbours.py). The folder is one unit: metadata.json's "files" records each model
+file's size and sha256 (a folder's as one record), loading refuses a file that does not match
+(`verify_file`), and every
 command that writes a folder writes its files beside their places and renames them in, the
 metadata last (`Staged`). This module owns those file names, the names of the served outputs,
 reading and checking metadata, label maps and the files' hashes, writing a folder, and keeping
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import uuid
@@ -40,11 +43,14 @@ MODEL_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1
-OOD_FILE = "ood.npz"  # the rule's statistics, beside the model, for the rules that need them
+OOD_FILE = "ood.npz"  # the rule's statistics and the reference photos' features, beside the model
+THUMBNAILS_DIR = "thumbnails"  # the reference photos, small JPEGs (neighbours.py)
 # A model's input size unless told otherwise: the Flowers-102 photos' short side, the shipped
 # recipe's input (README). Here, not in models.py, so that train's options need no Keras.
 DEFAULT_IMAGE_SIZE = 256
 FILES_KEY = "files"  # metadata.json: {file name: {"bytes": size, "sha256": hex}} of its model files
+# (a folder's record also has "files", its count; its bytes are its files' total, its sha256 is of
+# the lines "NAME SHA256" of its files, sorted by name)
 SKIP_VERIFY_ENV = "FLOWER_DEMO_SKIP_VERIFY"  # 1: load a folder's files without checking them (experts)
 HASH_CHUNK = 1 << 20
 _DIGESTS: dict[tuple, str] = {}  # a file (see _digest_key) -> its sha256: each file hashed once
@@ -139,24 +145,43 @@ def load_label_map(path: str | os.PathLike, num_classes: int) -> list[str]:
 # --- the folder as one unit: each file's size and sha256, written by rename -------------------
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """The files a recorded folder holds, by name (hidden ones, such as a write in progress, aside)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def sha256_of(path: Path) -> str:
-    """The file's sha256, hex."""
+    """The file's sha256, hex; a folder's is that of its files' "NAME SHA256" lines."""
     digest = hashlib.sha256()
+    if path.is_dir():
+        for file in folder_files(path):
+            digest.update(f"{file.name} {sha256_of(file)}\n".encode())
+        return digest.hexdigest()
     with path.open("rb") as stream:
         while chunk := stream.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+def size_of(path: Path) -> int:
+    """A file's bytes; a folder's files' total."""
+    return sum(p.stat().st_size for p in folder_files(path)) if path.is_dir() else path.stat().st_size
+
+
 def file_record(path: Path) -> dict[str, Any]:
-    """What metadata.json records of one model file ("files"): its size and sha256."""
-    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    """What metadata.json records of one model file or folder ("files"): its size and sha256."""
+    record = {"bytes": size_of(path), "sha256": sha256_of(path)}
+    return {"files": len(folder_files(path)), **record} if path.is_dir() else record
 
 
-def _digest_key(path: Path) -> tuple[str, int, int, int, int]:
-    """What changes when a file's bytes may have: a copy can keep mtime, never the change time."""
+def _digest_key(path: Path) -> tuple:
+    """What changes when a file's bytes may have: a copy can keep mtime, never the change time
+    (for a folder, that of each of its files)."""
     stat = path.stat()
-    return str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if path.is_dir():
+        return key + tuple(_digest_key(p)[1:] for p in folder_files(path))
+    return key
 
 
 def _checked_digest(path: Path) -> str:
@@ -184,8 +209,8 @@ def verify_file(
         return
     if record is None:
         problem = f"is not recorded in {METADATA_FILE}, so it may be a file of an earlier model"
-    elif path.stat().st_size != record.get("bytes"):
-        size, recorded = path.stat().st_size, record.get("bytes")
+    elif size_of(path) != record.get("bytes"):
+        size, recorded = size_of(path), record.get("bytes")
         problem = f"does not match {METADATA_FILE} (size differs: {size} bytes, recorded {recorded})"
     elif _checked_digest(path) != record.get("sha256"):
         problem = f"does not match {METADATA_FILE} (sha256 differs)"
@@ -224,7 +249,7 @@ class Staged:
 
     def __exit__(self, *exc: object) -> None:
         for path in self.paths.values():
-            path.unlink(missing_ok=True)
+            _remove(path)
 
     def path(self, name: str) -> Path:
         """Where to write the file that becomes `name`: a hidden file in the same folder (so the
@@ -232,6 +257,13 @@ class Staged:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.paths[name] = self.folder / f".{uuid.uuid4().hex[:8]}.{name}"
         return self.paths[name]
+
+    def subfolder(self, name: str) -> Path:
+        """Where to write the folder that becomes `name` (THUMBNAILS_DIR): a hidden folder beside it,
+        created here, renamed in by `publish` like a file (the old one moved aside first)."""
+        path = self.path(name)
+        path.mkdir()
+        return path
 
     def publish(self, metadata: dict[str, Any], removed: Sequence[str] = (), fresh: bool = False) -> Path:
         """Rename the staged files into place, delete `removed`, then write `metadata` as the
@@ -244,18 +276,31 @@ class Staged:
         if not fresh and FILES_KEY not in metadata:
             names = (MODEL_FILE, TFLITE_FILE, OOD_FILE)
             records = {n: file_record(self.folder / n) for n in names if (self.folder / n).is_file()}
-        records = {n: r for n, r in records.items() if n not in removed and (self.folder / n).is_file()}
+        records = {n: r for n, r in records.items() if n not in removed and (self.folder / n).exists()}
         for name, path in self.paths.items():
             records[name] = file_record(path)
         staged, self.paths = self.paths, {}
         for name, path in staged.items():
-            os.replace(path, self.folder / name)
-            _DIGESTS[_digest_key(self.folder / name)] = records[name]["sha256"]  # no need to hash it again
+            target = self.folder / name
+            if path.is_dir() and target.exists():  # a folder cannot be renamed over a full one
+                aside = self.folder / f".{uuid.uuid4().hex[:8]}.{name}.old"
+                os.replace(target, aside)
+                self.paths[f"{name}.old"] = aside  # removed on the way out
+            os.replace(path, target)
+            _DIGESTS[_digest_key(target)] = records[name]["sha256"]  # no need to hash it again
         for name in removed:
-            (self.folder / name).unlink(missing_ok=True)
+            _remove(self.folder / name)
         target = self.folder / METADATA_FILE
         write_json(target, {**metadata, FILES_KEY: dict(sorted(records.items()))})
         return target
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,10 @@
     python -m flower_demo.predict IMAGE [IMAGE or FOLDER ...] --top_k 5 --category_names label_map.json
     python -m flower_demo.predict IMAGE --explain why.png      # also writes a heatmap overlay
     python -m flower_demo.predict IMAGE --plot top5.png        # the photo beside its top-K chart
+    python -m flower_demo.predict IMAGE --neighbours 0         # no reference photos
 
-It prints a table per image (or `--json`), one `error:` line per input it cannot read, goes on
+It prints a table per image (or `--json`) with the training photos most like it (`--neighbours`,
+3 by default: their thumbnails' paths), one `error:` line per input it cannot read, goes on
 with the rest, and exits 1 if any failed (2 for a bad model, label map or top_k). It runs on the
 serving core, so it needs no TensorFlow: LiteRT runs the model folder's model.tflite unless
 `--engine keras` (or FLOWER_DEMO_ENGINE=keras) asks for the Keras model. `--explain` draws the
@@ -53,7 +55,20 @@ def format_table(name: str, prediction: core.Prediction) -> str:
         f"  {rank}. {cls:<{width}}  {p:7.2%}"
         for rank, (cls, p) in enumerate(zip(prediction.class_names, prediction.probabilities), 1)
     ]
-    return "\n".join([name, *([] if prediction.is_known else [NOT_KNOWN]), *rows])
+    return "\n".join(
+        [name, *([] if prediction.is_known else [NOT_KNOWN]), *rows, *neighbour_rows(prediction)]
+    )
+
+
+def neighbour_rows(prediction: core.Prediction) -> list[str]:
+    """The reference photos under the table: what they are of, then each one's similarity and file."""
+    if not prediction.neighbours:
+        return []
+    of = f"of {prediction.class_names[0]}" if prediction.is_known else "of any species"
+    return [
+        f"  training photos most like it ({of}):",
+        *[f"     {n['similarity']:.2f}  {n['class_name']}  {n['image']}" for n in prediction.neighbours],
+    ]
 
 
 def explain_path(out: str, image: str, several: bool) -> Path:
@@ -93,6 +108,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"what runs the model (default: ${core.ENGINE_ENV}, else auto: LiteRT, or Keras where "
         "TensorFlow sees a GPU or the folder has no model.tflite)",
     )
+    p.add_argument(
+        "--neighbours",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"show the N training photos most like each image, with their thumbnails (default: "
+        f"{core.DEFAULT_NEIGHBOURS}; 0: none; a model folder calibrated before they existed has none)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--explain",
@@ -115,6 +138,7 @@ def open_classifier(args: argparse.Namespace) -> core.Classifier:
     """The classifier the arguments name, checked against --top_k and --explain."""
     classifier = core.Classifier(args.model, args.category_names, args.engine)
     classifier.check_top_k(args.top_k)
+    classifier.check_neighbours(args.neighbours)
     if args.explain and not classifier.explains:
         raise FlowerDemoError("--explain: this model returns no class activation maps")
     return classifier
@@ -159,7 +183,11 @@ def classify(args: argparse.Namespace, classifier: core.Classifier) -> list[dict
     paths, problems = expand_inputs(args.images)
     explain, several = bool(args.explain), len(paths) > 1
     results = (
-        core.predict_batch(paths, classifier, args.top_k, skip_errors=True, explain=explain) if paths else []
+        core.predict_batch(
+            paths, classifier, args.top_k, skip_errors=True, explain=explain, neighbours=args.neighbours
+        )
+        if paths
+        else []
     )
     records = []
     for path, result in [*zip(paths, results), *problems]:

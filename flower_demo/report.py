@@ -51,6 +51,7 @@ THUMBNAIL = 120  # pixels, side of each photo in the grids
 GRID_COLOURS = 256  # photo grids are stored as dithered palette PNGs: 40% of the size of full colour
 DPI = 100
 PLOT_PIXELS = (800, 400)  # width, height of the `predict --plot` figure
+PLOT_NEIGHBOURS_HEIGHT = 220  # px added below it for a row of reference photos (Prediction.neighbours)
 PLOT_MAX_PHOTO = 512  # the photo in that figure is decoded down to this side at most
 SHORT_NAME = 22  # characters of a class name in grid captions and the --plot chart
 PLACEHOLDER = 200  # grey level of the square drawn where a photo cannot be decoded
@@ -85,6 +86,7 @@ STYLE = (
 class PredictionLike(Protocol):
     class_names: list[str]
     probabilities: list[float]
+    # also read when present: is_known (bool), neighbours (core.Prediction's reference photos)
 
 
 def _library(name: str) -> Any:
@@ -496,13 +498,21 @@ def write_report(
 
 
 def plot_prediction(image: ImageLike, prediction: PredictionLike, out_path: str | os.PathLike) -> Path:
-    """The photo beside a horizontal bar chart of its top-K, PLOT_PIXELS in size, written to
+    """The photo beside a horizontal bar chart of its top-K, PLOT_PIXELS in size, and under them
+    the prediction's reference photos (PLOT_NEIGHBOURS_HEIGHT px more) when it has any, written to
     `out_path` (PNG, or any format matplotlib writes by the suffix)."""
     photo = load_rgb(image, min_size=PLOT_MAX_PHOTO)
     photo.thumbnail((PLOT_MAX_PHOTO, PLOT_MAX_PHOTO))
     names, probs = list(prediction.class_names), list(prediction.probabilities)
-    fig = _figure(PLOT_PIXELS[0] / DPI, PLOT_PIXELS[1] / DPI)
-    left, right = fig.subplots(1, 2, width_ratios=[1, 1.3])
+    neighbours = list(getattr(prediction, "neighbours", None) or [])
+    height = PLOT_PIXELS[1] + (PLOT_NEIGHBOURS_HEIGHT if neighbours else 0)
+    fig = _figure(PLOT_PIXELS[0] / DPI, height / DPI)
+    if neighbours:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[PLOT_PIXELS[1], PLOT_NEIGHBOURS_HEIGHT])
+        plot_neighbours(bottom, neighbours, getattr(prediction, "is_known", True))
+    else:
+        top = fig
+    left, right = top.subplots(1, 2, width_ratios=[1, 1.3])
     left.imshow(np.asarray(photo))
     left.axis("off")
     if isinstance(image, (str, os.PathLike)):
@@ -532,3 +542,12 @@ def plot_prediction(image: ImageLike, prediction: PredictionLike, out_path: str 
     except (OSError, ValueError) as exc:  # unwritable folder, unknown format
         raise FlowerDemoError(f"cannot write {out}: {first_line(exc)}") from None
     return out
+
+
+def plot_neighbours(fig: Any, neighbours: list[dict[str, Any]], known: bool) -> None:
+    """A row of reference photos, each titled with its species and similarity."""
+    fig.suptitle("training photos most like it" + ("" if known else ", of any species"), fontsize=10)
+    for axes, neighbour in zip(np.atleast_1d(fig.subplots(1, len(neighbours))), neighbours):
+        axes.imshow(np.asarray(load_rgb(neighbour["image"])))
+        axes.set_title(f"{_short(neighbour['class_name'])}, {neighbour['similarity']:.2f}", fontsize=8)
+        axes.axis("off")

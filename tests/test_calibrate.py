@@ -386,9 +386,23 @@ def test_calibrate_command_writes_rule_predictions_use(
     classifier = Classifier(flowers102_model)
     assert classifier.calibration.ood_threshold == pytest.approx(stored["ood_threshold"])
     photos = sorted((fake_flowers102 / "jpg").glob("*.jpg"))[204:]
-    kept = np.mean([p.is_known for p in predict_batch(photos, classifier)])
+    answers = predict_batch(photos, classifier)
+    kept = np.mean([p.is_known for p in answers])
     # The threshold keeps 95% of the validation images; the one at the threshold may fall either side.
     assert kept >= rules.KEEP_FLOWERS - 1 / len(photos)
+
+    # The reference photos: the 204 training photos' thumbnails, recorded, shown beside answers.
+    files = json.loads((flowers102_model / model_files.METADATA_FILE).read_text())[model_files.FILES_KEY]
+    assert files[model_files.THUMBNAILS_DIR]["files"] == 204 == stored["reference_photos"]["photos"]
+    for answer in answers:
+        names = [n["class_name"] for n in answer.neighbours]
+        assert names == [answer.class_names[0]] * 2 if answer.is_known else len(names) == 3
+    # --references-only rewrites them, from the same features, and leaves the calibration alone.
+    assert calibrate.main([*args, "--references-only"]) == 0
+    assert "reference photos: 204 (train)" in capsys.readouterr().out
+    after = json.loads((flowers102_model / model_files.METADATA_FILE).read_text())
+    assert after["calibration"] == stored
+    assert after[model_files.FILES_KEY][model_files.THUMBNAILS_DIR] == files[model_files.THUMBNAILS_DIR]
 
 
 @pytest.mark.slow

@@ -19,7 +19,10 @@ from helpers import REPO_ROOT, fixture_photos, label_id
 
 from flower_demo import core
 
-SHIPPED_FILES = ["README.md", "label_map.json", "metadata.json", "model.keras", "model.tflite", "ood.npz"]
+SHIPPED_FILES = [
+    *["README.md", "label_map.json", "metadata.json", "model.keras", "model.tflite", "ood.npz"],
+    "thumbnails",  # a folder: the reference photos
+]
 SCRATCH = ("__pycache__", ".pytest_cache", ".ruff_cache")  # what running Python or a linter leaves
 
 
@@ -46,7 +49,10 @@ def test_wheel_serves_the_shipped_model_from_any_folder(shipped_model_dir, shipp
     (wheel,) = tmp_path.glob("flower_demo-*.whl")
     assert untracked_files() == before  # no build/, no flower_demo.egg-info/
     names = zipfile.ZipFile(wheel).namelist()
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("flower_demo/shipped/")) == SHIPPED_FILES
+    shipped = [n.split("/", 2)[2] for n in names if n.startswith("flower_demo/shipped/")]
+    assert sorted({n.split("/")[0] for n in shipped}) == SHIPPED_FILES
+    thumbnails = shipped_metadata["files"]["thumbnails"]["files"]
+    assert sum(n.startswith("thumbnails/") for n in shipped) == thumbnails
     assert "flower_demo/oxford_class_names.txt" in names
 
     venv = tmp_path / "venv"
@@ -60,6 +66,8 @@ def test_wheel_serves_the_shipped_model_from_any_folder(shipped_model_dir, shipp
 
     (answer,) = json.loads(run(venv / "bin" / "flower-predict", photo, "--json", cwd=elsewhere))
     assert answer["class_names"][0] == expected
+    assert [n["class_name"] for n in answer["neighbours"]] == [expected] * 3  # its reference photos ...
+    assert all(Path(n["image"]).is_relative_to(venv.resolve()) for n in answer["neighbours"])  # ... installed
     code = (
         "import flower_demo; from flower_demo import data, model_files\n"
         f"print(flower_demo.predict({str(photo)!r}).class_names[0])\n"

@@ -52,10 +52,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_shipped_folder_records_its_files(shipped_model_dir: Path, shipped_metadata: dict) -> None:
     records = shipped_metadata[model_files.FILES_KEY]
-    assert set(records) == {model_files.MODEL_FILE, model_files.TFLITE_FILE, model_files.OOD_FILE}
+    recorded = {
+        model_files.MODEL_FILE,
+        model_files.TFLITE_FILE,
+        model_files.OOD_FILE,
+        model_files.THUMBNAILS_DIR,
+    }
+    assert set(records) == recorded
     for name, record in records.items():
-        assert record["bytes"] == (shipped_model_dir / name).stat().st_size, name
-        assert record["sha256"] == model_files.sha256_of(shipped_model_dir / name), name
+        assert record == model_files.file_record(shipped_model_dir / name), name
 
 
 def test_every_writer_records_the_files_it_leaves(tiny_model_dir: Path, tmp_path: Path) -> None:

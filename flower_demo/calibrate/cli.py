@@ -1,5 +1,6 @@
 """The calibrate command: its arguments, the report it prints, and what it writes into the model
-folder (metadata.json's "calibration" and "estimate", the rule's statistics in ood.npz)."""
+folder (metadata.json's "calibration" and "estimate", the rule's statistics and the reference
+photos' features in ood.npz, their thumbnails in thumbnails/)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,26 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, model_files
+from flower_demo import core, model_files, neighbours
 from flower_demo.calibrate.fit import calibrate
-from flower_demo.calibrate.folds import OOD_PHOTOS, mark_recipe_choice, open_fold
+from flower_demo.calibrate.folds import (
+    OOD_PHOTOS,
+    Trained,
+    mark_recipe_choice,
+    open_fold,
+    trained_splits,
+    training_statistics,
+)
 from flower_demo.calibrate.rules import DEFAULT_RULE, KEEP_FLOWERS, STATS_DTYPE
 from flower_demo.core import CALIBRATION_KEY, OOD_FILE, read_calibration
-from flower_demo.errors import exit_status
+from flower_demo.errors import FlowerDemoError, exit_status
 from flower_demo.metrics import ECE_BINS
+from flower_demo.model_files import THUMBNAILS_DIR
 
 DESCRIPTION = 'Honest probabilities and "not one of the 102": temperature scaling and the rejection rule.'
 ESTIMATE_KEY = "estimate"  # metadata.json: the recipe's accuracy on photos its models never trained on
+REFERENCES_KEY = "reference_photos"  # under "calibration": what ood.npz and thumbnails/ hold of them
+BANK_TOLERANCE = 2e-3  # --references-only: a kNN bank recomputed must match the stored one (float16)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -86,32 +97,80 @@ def format_report(result: dict[str, Any]) -> str:
 # --- writing ---------------------------------------------------------------------------------
 
 
+def reference_arrays(trained: Trained, thumbnails: list[str]) -> dict[str, np.ndarray]:
+    """OOD_FILE's arrays of the reference photos: the kNN bank (the photos' L2-normalised
+    features), each photo's class index and its thumbnail's file name."""
+    return {
+        neighbours.BANK: np.asarray(trained.statistics["knn"]["bank"], STATS_DTYPE),
+        neighbours.LABELS: np.asarray(trained.labels, np.int16),
+        neighbours.PHOTOS: np.asarray(thumbnails, dtype=str),
+    }
+
+
 def write_calibration(
-    model_path: str | Path, result: dict[str, Any], statistics: dict[str, np.ndarray] | None = None
+    model_path: str | Path,
+    result: dict[str, Any],
+    statistics: dict[str, np.ndarray] | None = None,
+    trained: Trained | None = None,
 ) -> Path:
     """Store `result` (less its per-photo details) under "calibration" in the model's metadata.json,
-    its accuracy estimate under "estimate", and the rule's statistics in OOD_FILE beside it (a stale
-    one is removed), leaving the rest as it is. Nothing in the folder changes until all of it is
-    written and loaded back as prediction will: the statistics go beside OOD_FILE first, and only
-    what prediction accepts is renamed into place, metadata.json last (model_files.Staged), so a
-    command that fails or is interrupted leaves the model serving its old calibration."""
+    its accuracy estimate under "estimate", the rule's statistics in OOD_FILE beside it and, given
+    the photos the model `trained` on, those reference photos (their features in OOD_FILE, their
+    thumbnails in THUMBNAILS_DIR); stale ones are removed, the rest is left as it is. Nothing in
+    the folder changes until all of it is written and loaded back as prediction will: the new
+    files go beside their places first, and only what prediction accepts is renamed into place,
+    metadata.json last (model_files.Staged), so a command that fails or is interrupted leaves the
+    model serving its old calibration."""
     folder = model_files.model_dir(model_path)
     metadata = model_files.read_metadata(model_path)
-    skip = ("details", ESTIMATE_KEY)
+    skip = ("details", ESTIMATE_KEY, REFERENCES_KEY)
     stored = {key: value for key, value in result.items() if key not in skip and value is not None}
+    arrays = {name: np.asarray(a, STATS_DTYPE) for name, a in (statistics or {}).items()}
     with model_files.Staged(folder) as staged:
         check = {key: value for key, value in metadata.items() if key != model_files.FILES_KEY}
         check[CALIBRATION_KEY] = stored
-        if statistics:
+        if trained is not None:
+            thumbnails = staged.subfolder(THUMBNAILS_DIR)
+            arrays |= reference_arrays(trained, neighbours.write_thumbnails(thumbnails, trained.photos))
+            stored[REFERENCES_KEY] = {
+                "photos": len(trained.photos),
+                "splits": "+".join(trained_splits(metadata)),
+                "thumbnail_px": neighbours.THUMBNAIL_SIZE,
+                "thumbnails_bytes": model_files.size_of(thumbnails),
+            }
+        if arrays:
             path = staged.path(OOD_FILE)
-            np.savez(path, **{name: np.asarray(a, STATS_DTYPE) for name, a in statistics.items()})
+            np.savez(path, **arrays)
             stored.setdefault("report", {})["ood_file_bytes"] = path.stat().st_size
             check[CALIBRATION_KEY] = {**stored, "ood_file": path.name}  # the staged file, not yet recorded
         read_calibration(check, folder)  # refuse to write what prediction rejects
         metadata[CALIBRATION_KEY] = stored
         if ESTIMATE_KEY in result:
             metadata[ESTIMATE_KEY] = result[ESTIMATE_KEY]
-        return staged.publish(metadata, removed=() if statistics else (OOD_FILE,))
+        removed = (() if arrays else (OOD_FILE,)) + (() if trained is not None else (THUMBNAILS_DIR,))
+        return staged.publish(metadata, removed=removed)
+
+
+def references_only(args: argparse.Namespace, engine: Any, metadata: dict[str, Any]) -> dict[str, Any]:
+    """--references-only: the stored calibration as it is, with the reference photos (re)written
+    from the model's features of the photos it trained on; the stored kNN bank must be those."""
+    calibration = read_calibration(metadata, args.model)
+    if calibration is None:
+        raise FlowerDemoError(f"{args.model} is not calibrated: run calibrate without --references-only")
+    class_names = list(metadata["class_names"])
+    splits = trained_splits(metadata)
+    trained = training_statistics(engine, args.model, args.data_dir, splits, class_names)
+    stored_bank = calibration.statistics.get("bank")  # the kNN rule's: the same rows
+    if stored_bank is not None:
+        new_bank = trained.statistics["knn"]["bank"]
+        if stored_bank.shape != new_bank.shape or np.abs(stored_bank - new_bank).max() > BANK_TOLERANCE:
+            raise FlowerDemoError(
+                f"the stored kNN bank is not this model's features of its {'+'.join(splits)} photos in "
+                f"{args.data_dir}: run calibrate without --references-only"
+            )
+    if not args.dry_run:
+        write_calibration(args.model, metadata[CALIBRATION_KEY], calibration.statistics or None, trained)
+    return {"reference_photos": len(trained.photos), "splits": "+".join(splits)}
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -145,6 +204,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--photos", type=Path, default=OOD_PHOTOS, help="folder of non-flower photos with photos.csv"
     )
+    p.add_argument(
+        "--references-only",
+        action="store_true",
+        help="only (re)write the reference photos shown beside answers (the training photos' "
+        "features and thumbnails), keeping the stored calibration: for a folder calibrated before "
+        "they existed",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the figures, leave the model folder alone")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a report")
     return p
@@ -160,10 +226,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     if args.recipe_chosen_on:
         mark_recipe_choice(folds, args.recipe_chosen_on)
     log = lambda message: print(message, file=sys.stderr)
-    result, statistics = calibrate(
+    result, statistics, trained = calibrate(
         engine, metadata, args.model, args.data_dir, args.rule, args.photos, log=log, folds=folds
     )
-    written = None if args.dry_run else write_calibration(args.model, result, statistics)
+    written = None if args.dry_run else write_calibration(args.model, result, statistics, trained)
     return result, written
 
 
@@ -171,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def work() -> None:
+        if args.references_only:
+            metadata = model_files.read_metadata(args.model)
+            engine = core.open_engine(args.model, args.engine)
+            written = references_only(args, engine, metadata)
+            done = "dry run: the model folder is unchanged" if args.dry_run else f"written to {args.model}"
+            print(f"reference photos: {written['reference_photos']} ({written['splits']}); {done}")
+            return
         result, written = run(args)
         print(json.dumps(result, indent=2) if args.json else format_report(result))
         done = f"calibration written to {written}" if written else "dry run: the model folder is unchanged"

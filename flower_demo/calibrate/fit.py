@@ -2,7 +2,8 @@
 fitted on the held-out photos pooled over folds, then every figure the command reports and stores.
 
 `calibrate` returns the result (what metadata.json stores under "calibration" and "estimate", and
-the per-photo details the command prints) and the chosen rule's statistics (for ood.npz).
+the per-photo details the command prints), the chosen rule's statistics (for ood.npz) and the
+photos the model trained on, with their features (the reference photos, also in ood.npz).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from flower_demo.calibrate.folds import (
     OOD_PHOTOS,
     Fold,
     FoldOutputs,
+    Trained,
     fold_estimate,
     fold_of,
     forward,
@@ -53,8 +55,9 @@ def calibrate(
     photos: Path = OOD_PHOTOS,
     log: Any = print,
     folds: list[Fold] | None = None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Everything the command prints and stores, and the chosen rule's statistics.
+) -> tuple[dict[str, Any], dict[str, np.ndarray], Trained]:
+    """Everything the command prints and stores, the chosen rule's statistics, and the photos the
+    model trained on (the reference photos of its answers, neighbours.py).
 
     The temperature, the threshold and the rule's choice are fitted on photos the models never
     trained on: each fold's model on its held-out split, pooled. With no `folds` the model is its own
@@ -97,7 +100,7 @@ def calibrate(
             "known_flower_photos": known_verdicts(engine, rule, metadata["class_names"]),
         },
     }
-    return result, final.statistics.get(rule.ood_rule, {}) if rule.statistics else {}
+    return result, final.statistics.get(rule.ood_rule, {}) if rule.statistics else {}, final.trained
 
 
 def final_model_outputs(
@@ -110,7 +113,7 @@ def final_model_outputs(
         held={},
         labels=np.zeros(0, np.int64),
         others={part: forward(engine, paths) for part, paths in parts.items()},
-        statistics=training_statistics(engine, model_path, data_dir, splits, class_names),
+        trained=training_statistics(engine, model_path, data_dir, splits, class_names),
     )
 
 

@@ -83,14 +83,25 @@ def model_labels(split: data.LabeledImages, class_names: list[str], model_path: 
     return columns[np.asarray(split.labels, np.int64)]
 
 
+@dataclass
+class Trained:
+    """The photos a model trained on, their labels (its class indices) and every rule's statistics
+    from its features of them: the kNN bank's rows are these photos, in this order."""
+
+    photos: list[Any]
+    labels: np.ndarray
+    statistics: dict[str, dict[str, np.ndarray]]
+
+
 def training_statistics(
     engine: Any, model_path: str | Path, data_dir: str, splits: list[str], class_names: list[str]
-) -> dict[str, dict[str, np.ndarray]]:
+) -> Trained:
     """Every rule's statistics from the model's features of the photos it trained on."""
     train = data.load_oxford_splits(data_dir, splits)
     labels = model_labels(train, class_names, model_path)
     features = forward(engine, list(train.items))[FEATURES]
-    return fit_statistics(features, labels, len(class_names), *classifier_head(model_path))
+    statistics = fit_statistics(features, labels, len(class_names), *classifier_head(model_path))
+    return Trained(list(train.items), labels, statistics)
 
 
 # --- folds -----------------------------------------------------------------------------------
@@ -112,12 +123,16 @@ class Fold:
 @dataclass
 class FoldOutputs:
     """A fold's forward passes: its scored photos (and their labels), the non-flower photos by part,
-    and its rules' statistics from the photos it trained on."""
+    and the photos it trained on with its rules' statistics from them."""
 
     held: Outputs
     labels: np.ndarray
     others: dict[str, Outputs]
-    statistics: dict[str, dict[str, np.ndarray]]
+    trained: Trained
+
+    @property
+    def statistics(self) -> dict[str, dict[str, np.ndarray]]:
+        return self.trained.statistics
 
 
 def trained_splits(metadata: dict[str, Any]) -> list[str]:
@@ -170,7 +185,7 @@ def run_fold(fold: Fold, data_dir: str, parts: dict[str, list[Path]], log: Any =
         held=forward(fold.engine, list(scored.items)),
         labels=labels,
         others={part: forward(fold.engine, paths) for part, paths in parts.items()},
-        statistics=training_statistics(fold.engine, fold.path, data_dir, fold.trained_on, fold.class_names),
+        trained=training_statistics(fold.engine, fold.path, data_dir, fold.trained_on, fold.class_names),
     )
 
 
