@@ -1,4 +1,5 @@
-"""The Gradio web app: a flower photo beside a chart of the model's top-5 species.
+"""The Gradio web app: a flower photo beside a chart of the model's top-5 species, and under the
+chart the photos the model learnt from that look most like it, so a visitor can judge the answer.
 
 This file owns the page, its one API endpoint (`/predict`) and the limits a public host needs,
 nothing else: decoding images, running the model, naming classes, rejecting what is none of them
@@ -6,7 +7,10 @@ nothing else: decoding images, running the model, naming classes, rejecting what
 thing at a time: a confident answer heads the chart of the top five species; a rejected or unsure
 photo gets no species heading, only its closest candidates and a verdict giving its own reason; a
 file that cannot be read gets one message and a clean page. The About text leads with the model's
-own measured accuracy, read from its metadata.json. The "Explain (Grad-CAM)" box is off by
+own measured accuracy, read from its metadata.json. The reference photos (Prediction.neighbours)
+come from the same forward pass: of the top species, or of any species for a photo turned away,
+titled so. The example photos are a gallery of thumbnails named by species; clicking one
+classifies it. The "Explain (Grad-CAM)" box is off by
 default; its overlay opens in a tab beside the photo and is a private event, computed only while
 the box is ticked.
 Limits: uploads over MAX_FILE_SIZE are refused by Gradio before they reach this code, the upload
@@ -35,6 +39,8 @@ import gradio as gr
 from flower_demo.core import DEFAULT_TOP_K, Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
+from flower_demo.model_files import THUMBNAILS_DIR, model_dir
+from flower_demo.neighbours import DEFAULT_NEIGHBOURS
 
 TOP_K = DEFAULT_TOP_K  # the chart's rows: every one of the top five is shown, however small
 # Below this top-1 probability the page says it is not sure instead of naming an answer, whatever
@@ -66,17 +72,31 @@ REJECTION_REASONS = {
 }
 REJECTED = "The model's check for photos outside its species turned it away."  # any other rule
 CHART_ID = "species-chart"
+EVIDENCE_ID, EXAMPLES_ID = "evidence", "examples"
+# The reference photos' titles: of the answer's species, or for a photo turned away, of any species;
+# each thumbnail's caption is its species and its similarity to the photo (cosine, 0..1).
+EVIDENCE_TITLE = "Photos it learnt from that look most like yours"
+EVIDENCE_TITLE_REJECTED = "Closest photos it learnt from, of any species"
 # Gradio's Label prints each row's share as a whole percent, so a row under 0.5% would read "0%":
 # on the page it reads "<1%" (the API still returns the exact probability).
 TINY_ROW = f'#{CHART_ID} .confidence-set:has(meter[aria-valuenow="0"]) .confidence'  # Label's "0%"
+# The galleries take the height of their thumbnails (Gradio's gives a gallery 320 px or more); the
+# reference photos sit three in a row at any width, the examples as many as fit (three on a phone).
+GALLERIES = f"#{EVIDENCE_ID} .grid-wrap, #{EXAMPLES_ID} .grid-wrap"
 CSS = f"""{TINY_ROW} {{ visibility: hidden; position: relative; }}
-{TINY_ROW}::after {{ content: "<1%"; visibility: visible; position: absolute; right: 0; }}"""
+{TINY_ROW}::after {{ content: "<1%"; visibility: visible; position: absolute; right: 0; }}
+{GALLERIES} {{ min-height: 0 !important; max-height: none !important; height: auto !important; }}
+#{EVIDENCE_ID} .grid-container {{ grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }}
+#{EXAMPLES_ID} .grid-container {{
+  grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }}"""
 
 # Loaded once at start-up; every request shares it.
 try:
     CLASSIFIER = Classifier(os.environ.get("FLOWER_DEMO_MODEL") or None)
 except FlowerDemoError as exc:  # a missing or mismatched model: one clear line, exit status 1
     raise SystemExit(f"error: cannot serve: {exc}") from None
+# The reference photos' folder, which Gradio must be allowed to serve files from.
+THUMBNAILS = model_dir(os.environ.get("FLOWER_DEMO_MODEL") or None) / THUMBNAILS_DIR
 print(f"flower_demo: serving {CLASSIFIER.engine.path} on {CLASSIFIER.engine.device}", flush=True)
 # The C library this process runs on, for release_memory (Windows has no such handle: None).
 LIBC = ctypes.CDLL(None) if os.name == "posix" else None
@@ -162,6 +182,15 @@ def chart(prediction: Prediction) -> dict[str, Any]:
     }
 
 
+def evidence(prediction: Prediction | None) -> gr.Gallery:
+    """The gallery under the chart: the prediction's reference photos, each captioned with its
+    species and similarity, titled by what they are; hidden when there are none."""
+    found = prediction.neighbours if prediction is not None else []
+    items = [(n["image"], f"{n['class_name']}, {n['similarity']:.2f}") for n in found]
+    title = EVIDENCE_TITLE if prediction is None or prediction.is_known else EVIDENCE_TITLE_REJECTED
+    return gr.Gallery(value=items or None, label=title, visible=bool(items))
+
+
 def release_memory() -> None:
     """Every TRIM_EVERY calls, glibc's malloc_trim(0): Gradio runs each request on a worker thread,
     and glibc keeps what those threads free in its arenas, resident but unused; a 10,000-call soak
@@ -171,24 +200,32 @@ def release_memory() -> None:
         LIBC.malloc_trim(0)
 
 
-def classify(image: str | None) -> tuple[dict[str, Any] | None, str]:
-    """The `/predict` endpoint: the chart ({species: probability}, best first) and the verdict."""
+def classify(image: str | None) -> tuple[dict[str, Any] | None, str, gr.Gallery]:
+    """The `/predict` endpoint: the chart ({species: probability}, best first), the verdict and
+    the reference photos (the gallery: each thumbnail with its caption)."""
     release_memory()
     if image is None:
         return blank()[1:]
     try:
-        prediction = predict(image, CLASSIFIER, top_k=TOP_K)
+        prediction = predict(image, CLASSIFIER, top_k=TOP_K, neighbours=DEFAULT_NEIGHBOURS)
     except FlowerDemoError as exc:
         # A user's mistake, not a crash: no traceback, and the upload's own name, not the cache path.
         message = str(exc).replace(image, Path(image).name)
         raise gr.Error(message, print_exception=False) from None
-    return chart(prediction), verdict(prediction)
+    return chart(prediction), verdict(prediction), evidence(prediction)
 
 
-def blank() -> tuple[None, None, str]:
-    """The page as it starts (no photo, empty chart, the prompt): where a failed upload leaves it,
-    so its one message is the error's, with no broken image or stale chart beside it."""
-    return None, None, PROMPT
+def blank() -> tuple[None, None, str, gr.Gallery]:
+    """The page as it starts (no photo, empty chart, the prompt, no reference photos): where a
+    failed upload leaves it, so its one message is the error's, with no broken image or stale
+    chart beside it."""
+    return None, None, PROMPT, evidence(None)
+
+
+def pick_example(selected: gr.SelectData) -> tuple[str, dict[str, Any] | None, str, gr.Gallery]:
+    """A click on an example's thumbnail: that photo in the photo box, and its answer."""
+    photo = examples()[0][selected.index]
+    return photo, *classify(photo)
 
 
 def explain(image: str | None, wanted: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -209,7 +246,7 @@ def explain(image: str | None, wanted: bool) -> tuple[Any, dict[str, Any], dict[
 
 def examples() -> tuple[list[str], list[str]]:
     """The example photos in examples/ and their species names (the data set's, via the label id
-    in each file name), shown on the page instead of bare thumbnails."""
+    in each file name), shown on the page under each thumbnail."""
     names = json.loads(LABEL_MAP.read_text())
     photos = sorted(EXAMPLES_DIR.glob("[0-9][0-9][0-9]_*.jpg"))
     return [str(p) for p in photos], [names[str(int(p.name[:3]))] for p in photos]
@@ -345,6 +382,14 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
                     num_top_classes=TOP_K, label="Answer, and the closest species", elem_id=CHART_ID
                 )
                 answer = gr.Markdown(PROMPT, label="Verdict")
+                photos_like = gr.Gallery(
+                    label=EVIDENCE_TITLE,
+                    visible=False,
+                    columns=DEFAULT_NEIGHBOURS,
+                    object_fit="cover",
+                    interactive=False,
+                    elem_id=EVIDENCE_ID,
+                )
                 explain_box = gr.Checkbox(
                     value=False,
                     label="Explain (Grad-CAM)",
@@ -356,12 +401,12 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
         image.input(
             classify,
             inputs=image,
-            outputs=[chart_box, answer],
+            outputs=[chart_box, answer, photos_like],
             api_name="predict",
             show_progress="minimal",
         ).failure(  # the error's toast is the one message: no broken image or old chart beside it
             blank,
-            outputs=[image, chart_box, answer],
+            outputs=[image, chart_box, answer, photos_like],
             api_visibility="private",
             queue=False,
             show_progress="hidden",
@@ -378,17 +423,21 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
             show_progress="minimal",
         )
         photos, species = examples()
-        gr.Examples(
-            examples=photos,
-            example_labels=species,
-            inputs=image,
-            outputs=[chart_box, answer],
-            fn=classify,
-            run_on_click=True,  # an example click sets the image without an `input` event
-            cache_examples=False,  # else Spaces would run the examples at every start-up
+        gallery = gr.Gallery(
+            value=list(zip(photos, species)),
+            label="Example photos, from the photos it learnt from (click one)",
+            object_fit="cover",
+            allow_preview=False,  # a click classifies the photo instead of enlarging it
+            interactive=False,
+            elem_id=EXAMPLES_ID,
+        )
+        # Setting the photo from here fires no `input` event, so this classifies it too; the
+        # photo's `change` event starts the Grad-CAM as for an upload.
+        gallery.select(
+            pick_example,
+            outputs=[image, chart_box, answer, photos_like],
             api_visibility="private",  # `/predict` stays the one endpoint
-            label="Example photos (click a species)",
-            examples_per_page=12,
+            show_progress="minimal",
         )
         gr.Markdown(about(CLASSIFIER.metadata, CLASSIFIER.class_names))
         with gr.Accordion(f"The {len(CLASSIFIER.class_names)} species", open=False):
@@ -399,7 +448,8 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
 def launch(blocks: gr.Blocks | None = None, **options: Any) -> tuple[Any, str, str]:
     """Serve `blocks` (default: `demo`) with the upload size limit and the page's CSS, which Gradio
     takes at launch, not at build; `options` go to `Blocks.launch` (port, quiet, ...)."""
-    return (blocks or demo).launch(max_file_size=MAX_FILE_SIZE, css=CSS, **options)
+    allowed = [str(THUMBNAILS)] if THUMBNAILS.is_dir() else []  # the reference photos, wherever it runs
+    return (blocks or demo).launch(max_file_size=MAX_FILE_SIZE, css=CSS, allowed_paths=allowed, **options)
 
 
 demo = build_demo()

@@ -1,5 +1,6 @@
 """The Gradio app served for real on a free port and called through gradio_client, as a user's
-script would: the top five species come back with the verdict and its reason, a broken upload
+script would: the top five species come back with the verdict and its reason and the reference
+photos (the training photos most like the upload, titled by what they are), a broken upload
 gets a readable error without taking the app down, many calls at once all get their own answer,
 and the hosting limits hold (upload size, a full queue says "busy", the upload cache is
 emptied). The About text leads with the model's own measured figures, never mixed with other
@@ -54,7 +55,7 @@ def shown(prediction) -> list[tuple[str, float]]:
     return list(zip(prediction.class_names, prediction.probabilities))
 
 
-def call(client, image) -> tuple[dict, str]:
+def call(client, image) -> tuple[dict, str, dict]:
     from gradio_client import handle_file
 
     image = handle_file(str(image)) if image is not None else None
@@ -72,7 +73,7 @@ def test_predict_is_the_only_endpoint(client) -> None:
 
 def test_predict_returns_the_chart_as_plain_json(app: ModuleType, client) -> None:
     for photo in (FLOWERS[0], NON_FLOWER):
-        chart, verdict = call(client, photo)
+        chart, verdict, photos = call(client, photo)
         direct = app.predict(photo, app.CLASSIFIER, top_k=app.TOP_K)
         rows = [(c["label"], c["confidence"]) for c in chart["confidences"]]
         assert [name for name, _ in rows] == [name for name, _ in shown(direct)]
@@ -80,6 +81,12 @@ def test_predict_returns_the_chart_as_plain_json(app: ModuleType, client) -> Non
         assert all(type(p) is float for _, p in rows) and len(rows) == app.TOP_K  # the top five, tiny or not
         assert direct.class_names[0].lower() in verdict.lower()
         assert chart["label"] == app.heading(direct)
+        # the reference photos: the direct prediction's, captioned, titled by what they are of
+        captions = [f"{n['class_name']}, {n['similarity']:.2f}" for n in direct.neighbours]
+        assert [item["caption"] for item in photos["value"]] == captions and len(captions) == 3
+        assert photos["visible"] and all(Path(item["image"]).is_file() for item in photos["value"])
+        title = app.EVIDENCE_TITLE if direct.is_known else app.EVIDENCE_TITLE_REJECTED
+        assert photos["label"] == title
 
 
 def test_chart_shows_the_top_five_and_heads_with_a_species_only_when_the_verdict_states_it(
@@ -113,7 +120,7 @@ def test_regression_predict_names_the_species(app: ModuleType, client) -> None:
     if not is_trained(app.CLASSIFIER.metadata):
         pytest.skip("debug model (no figures, or under 224 px): species names are meaningless")
     photo = next(p for p in FLOWERS if "water_lily" in p.name)
-    chart, verdict = call(client, photo)
+    chart, verdict, _ = call(client, photo)
     assert chart["label"] == species(app, photo) == "water lily"
     assert "Most likely **water lily**" in verdict
 
@@ -130,7 +137,7 @@ def test_broken_upload_gives_readable_error_and_app_keeps_serving(
     assert "not an image" in str(error.value)
     assert "holiday.jpg" in str(error.value)  # the user's file name, not the server's cache path
     assert "/tmp" not in str(error.value)
-    chart, _ = call(client, FLOWERS[1])  # still serving
+    chart, _, _ = call(client, FLOWERS[1])  # still serving
     assert (
         chart["label"] == species(app, FLOWERS[1])
         if is_trained(app.CLASSIFIER.metadata)
@@ -139,8 +146,8 @@ def test_broken_upload_gives_readable_error_and_app_keeps_serving(
 
 
 def test_no_image_asks_for_one(client) -> None:
-    chart, verdict = call(client, None)
-    assert not chart
+    chart, verdict, photos = call(client, None)
+    assert not chart and not photos["value"] and not photos["visible"]
     assert "upload" in verdict.lower()
 
 
@@ -279,7 +286,7 @@ def test_non_flower_photos_are_turned_away_for_the_rules_reason(app: ModuleType,
 def test_non_flower_upload_is_rejected(app: ModuleType, client) -> None:
     if app.CLASSIFIER.calibration is None:
         pytest.skip("the served model has no calibration (python -m flower_demo.calibrate)")
-    chart, verdict = call(client, NON_FLOWER)
+    chart, verdict, _ = call(client, NON_FLOWER)
     assert "does not look like one of the" in verdict and rejection_reason(app) in verdict
     assert chart["label"] == f"Not one of the {len(app.CLASSIFIER.class_names)} species"
     assert chart["label"] not in [c["label"] for c in chart["confidences"]]
@@ -314,6 +321,10 @@ def test_examples_come_from_examples_folder_with_species_labels(app: ModuleType)
     assert len(photos) == len(FLOWERS) >= 6
     assert all(Path(p).parent == REPO_ROOT / "examples" for p in photos)  # not tests/
     assert labels == [species(app, Path(p)) for p in photos] and len(set(labels)) == len(labels)
+    # a click on the third thumbnail puts that photo in the photo box, with its answer
+    picked, chart, verdict, evidence = app.pick_example(app.gr.SelectData(None, {"index": 2, "value": None}))
+    assert (picked, chart, verdict) == (photos[2], *app.classify(photos[2])[:2])
+    assert evidence.visible and len(evidence.value) == 3
 
 
 @pytest.mark.parametrize("photo", FLOWERS, ids=[p.stem for p in FLOWERS])
@@ -343,7 +354,7 @@ def test_oversized_upload_is_refused_before_our_code(app: ModuleType, client, tm
         response = httpx.post(f"{client.src}gradio_api/upload", files={"files": f}, timeout=CALL_TIMEOUT)
     assert response.status_code == 413
     assert "File size exceeded maximum allowed size of 20971520 bytes" in response.text
-    chart, _ = call(client, FLOWERS[0])  # still serving
+    chart, _, _ = call(client, FLOWERS[0])  # still serving
     assert chart["confidences"]
 
 

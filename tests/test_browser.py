@@ -2,7 +2,9 @@
 upload a photo and see the chart of the top five species beside it ("<1%" on the tiny rows);
 upload a photo of something else and see no species named as the answer, and why; upload a
 broken file, read why on a clean page, and go on; upload a file over the size limit and read why;
-click a labelled example; tick Explain and see the overlay without the examples moving.
+click an example's thumbnail; tick Explain and see the overlay without the examples moving; see
+under the chart the photos the model learnt from that look most like the upload, for a confident,
+an unsure and a rejected photo, on a desktop and a phone screen.
 
 Where a test also checks that the shipped model names an example's species (`test_regression_*`),
 that part is a regression check, not evidence of accuracy: the examples are train photos the
@@ -22,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from helpers import EXAMPLE_PHOTOS, NON_FLOWER, REPO_ROOT, free_port, is_trained, load_app
+from helpers import EXAMPLE_PHOTOS, NON_FLOWER, REPO_ROOT, fixture_photos, free_port, is_trained, load_app
 
 EXAMPLES = EXAMPLE_PHOTOS
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
@@ -37,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 VIEWPORT = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
 WAIT_MS = 120_000  # a prediction on a busy 2-core machine, plus the page's own start-up
 
 pytestmark = pytest.mark.browser
@@ -64,9 +67,9 @@ def url(app: ModuleType, app_url: str) -> str:
     return app_url
 
 
-def open_page(playwright, url: str):
+def open_page(playwright, url: str, viewport: dict[str, int] = VIEWPORT):
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-    page = browser.new_page(viewport=VIEWPORT)
+    page = browser.new_page(viewport=viewport)
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
     page.get_by_test_id("file-upload").wait_for(state="attached")
@@ -197,10 +200,18 @@ def test_oversized_upload_is_refused_with_a_message(app: ModuleType, page, tmp_p
 
 
 def test_regression_clicking_a_labelled_example_names_it(app: ModuleType, page, shots: Path) -> None:
+    from playwright.sync_api import expect
+
     photo = example("passion_flower")
     species = app.examples()[1][app.examples()[0].index(str(photo))]
-    page.get_by_role("button", name=species, exact=True).click()
+    thumbnails = page.locator(f"#{app.EXAMPLES_ID} .thumbnail-item")
+    expect(thumbnails).to_have_count(len(app.examples()[0]))  # a thumbnail per example ...
+    expect(thumbnails.locator("img")).to_have_count(len(app.examples()[0]))
+    thumbnail = thumbnails.filter(has_text=species)  # ... captioned with its species
+    expect(thumbnail).to_have_count(1)
+    thumbnail.click()
     shows_answer_for(app, page, photo)
+    expect(page.get_by_test_id("image").locator("img")).to_be_visible()  # the photo is shown
     if is_trained(app.CLASSIFIER.metadata):  # regression check: a train photo the model learnt from
         assert species == expected_heading(app, photo)
     page.screenshot(path=str(shots / "example.png"), full_page=True)
@@ -214,7 +225,7 @@ def test_explain_shows_the_overlay_without_moving_the_examples(app: ModuleType, 
     photo = example("sunflower")
     upload(page, photo)
     shows_answer_for(app, page, photo)
-    examples = page.get_by_text("Example photos (click a species)")
+    examples = page.locator(f"#{app.EXAMPLES_ID}")
     before = examples.bounding_box()
     overlay = page.locator("#gradcam img")
     expect(overlay).to_have_count(0)  # off by default
@@ -228,6 +239,60 @@ def test_explain_shows_the_overlay_without_moving_the_examples(app: ModuleType, 
     box.uncheck()
     expect(overlay).to_have_count(0, timeout=WAIT_MS)
     expect(page.get_by_test_id("image").locator("img")).to_be_visible()  # back to the photo
+
+
+def unsure_collage(folder: Path) -> Path:
+    """Four flowers in one photo, which the shipped model answers unsure, not turned away (colt's
+    foot, 24%; its kNN score 0.06 above the threshold)."""
+    from PIL import Image
+
+    slugs = ("pink_primrose", "colts_foot", "peruvian_lily", "water_lily")
+    photos = [next(p for p in fixture_photos() if slug in p.name) for slug in slugs]
+    collage = Image.new("RGB", (512, 512))
+    for i, photo in enumerate(photos):
+        with Image.open(photo) as image:
+            collage.paste(image.convert("RGB").resize((256, 256)), ((i % 2) * 256, (i // 2) * 256))
+    collage.save(folder / "four_flowers.jpg")
+    return folder / "four_flowers.jpg"
+
+
+@pytest.mark.parametrize("screen", ["desktop", "phone"])
+def test_reference_photos_under_the_chart(
+    app: ModuleType, url: str, page, shots: Path, tmp_path: Path, screen: str
+) -> None:
+    """Under the chart, the photos it learnt from that look most like the upload: three thumbnails
+    captioned with species and similarity, the model's own, titled by what they are (of the answer's
+    species; of any species for a photo turned away), for a confident, an unsure and a rejected photo."""
+    from playwright.sync_api import expect
+
+    if app.CLASSIFIER.references is None:
+        pytest.skip("the served model holds no reference photos (calibrate --references-only)")
+    cases = {"confident": example("rose"), "unsure": unsure_collage(tmp_path), "rejected": NON_FLOWER}
+    page = page.context.browser.new_page(viewport=VIEWPORT if screen == "desktop" else PHONE)
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.get_by_test_id("file-upload").wait_for(state="attached")
+    try:
+        for case, photo in cases.items():
+            upload(page, photo)
+            shows_answer_for(app, page, photo)
+            direct = app.predict(photo, app.CLASSIFIER, top_k=app.TOP_K)
+            gallery = page.locator(f"#{app.EVIDENCE_ID}")
+            title = app.EVIDENCE_TITLE if direct.is_known else app.EVIDENCE_TITLE_REJECTED
+            expect(gallery.get_by_test_id("block-label")).to_have_text(title)
+            items = gallery.locator(".thumbnail-item")
+            captions = [f"{n['class_name']}, {n['similarity']:.2f}" for n in direct.neighbours]
+            expect(items).to_have_count(len(captions))
+            expect(items.locator(".caption-label")).to_have_text(captions)
+            for img in items.locator("img").all():  # each thumbnail loaded and drawn
+                expect(img).to_be_visible()
+                assert img.evaluate("e => e.complete && e.naturalWidth") > 0
+            chart, shown = page.get_by_test_id("label").bounding_box(), gallery.bounding_box()
+            assert shown["y"] >= chart["y"] + chart["height"]  # under the chart
+            assert shown["x"] >= 0 and shown["x"] + shown["width"] <= page.viewport_size["width"]
+            page.screenshot(path=str(shots / f"reference_photos_{screen}_{case}.png"), full_page=True)
+    finally:
+        page.close()
 
 
 def refresh_screenshot(path: Path = SCREENSHOT) -> Path:
