@@ -6,6 +6,9 @@ the targets of issue 11 (set for a 2-core CPU machine).
 The reference is LiteRT's bare forward pass: the model folder's model.tflite run by
 core.LiteRTEngine on an already preprocessed (1, S, S, 3) float32 array. Against it, one run measures:
 - `predict(path, classifier)` from a JPEG on the same engine, and with explain=True (p50/p95, ratio);
+- the reference photos of an answer (Prediction.neighbours): the search of the model's bank of
+  training features on the pooled features the forward pass returned, of the top species and of
+  any species, per photo (predict's figure above includes it);
 - `python -m flower_demo.predict photo.jpg` (and with --explain) as users run it: wall time from
   process start to exit, peak RSS, and whether TensorFlow got imported;
 - `python app.py` until its first /predict answer, then APP_REQUESTS requests and the resident
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     # The parts that need no Keras first: no TensorFlow work runs beside them.
     results |= measure.bench_latency(classifier, photos, args.repeats)
+    results["neighbours"] = measure.bench_neighbours(classifier, photos, args.repeats)
     results["eval"] = measure.bench_eval(classifier, photos, args.eval_images)
     skip = {name: {"skipped": f"--skip-{name}"} for name in ("cli", "app", "train")}
     results["cli"] = skip["cli"] if args.skip_cli else measure.bench_cli(folder, photos[0], args.cli_runs)

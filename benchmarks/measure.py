@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import serving
-from flower_demo import core, data, evaluate, explain, export, model_files
+from flower_demo import core, data, evaluate, explain, export, model_files, neighbours
 from flower_demo.errors import FlowerDemoError, first_line
 
 # --- settings --------------------------------------------------------------------------------
@@ -169,6 +169,38 @@ def bench_latency(classifier: core.Classifier, photos: list[Path], repeats: int)
     if not classifier.explains:
         result["explain"]["note"] = "the model returns no class activation maps: measured without"
     return result
+
+
+def bench_neighbours(classifier: core.Classifier, photos: list[Path], repeats: int) -> dict[str, Any]:
+    """What the reference photos add to an answer, per photo: the search of the model's bank for
+    the nearest photos of the top species (what a known answer gets) and of any species (what a
+    photo turned away gets), on the pooled features the forward pass already returned."""
+    references = classifier.references
+    if references is None:
+        return {"skipped": "the model folder holds no reference photos (calibrate --references-only)"}
+    batch = np.stack([core.process_image(p, classifier.image_size) for p in photos])
+    outputs = classifier.run(batch)
+    features, top = outputs[model_files.FEATURES], outputs[model_files.PROBABILITIES].argmax(axis=1)
+    names, k = classifier.class_names, neighbours.DEFAULT_NEIGHBOURS
+    turn, any_turn = itertools.cycle(range(len(photos))), itertools.cycle(range(len(photos)))
+    log(f"reference photos: nearest {k} of {len(references.labels)}, {repeats} calls each")
+
+    def of_species() -> None:
+        i = next(turn)
+        references.nearest(features[i], names, int(top[i]), k)
+
+    def of_any() -> None:
+        references.nearest(features[next(any_turn)], names, None, k)
+
+    times = export.time_interleaved({"of_species": of_species, "of_any": of_any}, repeats)
+    micro = lambda t: {f"p{q}_us": round(float(np.percentile(t, q)) * 1e6, 1) for q in (50, 95)}
+    return {
+        "bank": [int(n) for n in references.bank.shape],
+        "neighbours": k,
+        "of_species": micro(times["of_species"]),
+        "of_any": micro(times["of_any"]),
+        "worst_p95_ms": round(max(float(np.percentile(t, 95)) for t in times.values()) * 1000, 3),
+    }
 
 
 def bench_eval(classifier: core.Classifier, photos: list[Path], n_images: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Row = tuple[str, str, str | None]  # (measurement, value, dotted key of its targ
 # Targets: name -> (dotted key in the results, comparison, threshold, unit).
 TARGETS: dict[str, tuple[str, str, Any, str]] = {
     "predict() / bare forward": ("predict.vs_bare", "<=", 1.5, "x"),
+    "reference photos per answer, p95": ("neighbours.worst_p95_ms", "<=", 1.0, "ms"),
     "CLI wall time": ("cli.plain.wall_s", "<", 1.5, "s"),
     "CLI peak RSS": ("cli.plain.peak_rss_mib", "<", 300, "MiB"),
     "CLI --explain wall time": ("cli.explain.wall_s", "<", 2.0, "s"),
@@ -75,6 +76,19 @@ def latency_rows(r: dict[str, Any]) -> list[Row]:
         ("predict(explain=True) (p50 / p95)", f"{e['p50_ms']:.2f} / {e['p95_ms']:.2f} ms", None),
         ("  predict(explain=True) / bare forward", f"{e['vs_bare']:.2f}x", None),
     ]
+
+
+def neighbours_rows(n: dict[str, Any]) -> list[Row]:
+    bank = f"{n['neighbours']} of {n['bank'][0]} photos, {n['bank'][1]}-d"
+    return [
+        (f"reference photos of the top species ({bank}), p50 / p95", _us(n["of_species"]), None),
+        ("reference photos of any species, p50 / p95", _us(n["of_any"]), None),
+        ("  reference photos, worst p95", f"{n['worst_p95_ms']:.3f} ms", "neighbours.worst_p95_ms"),
+    ]
+
+
+def _us(figures: dict[str, float]) -> str:
+    return f"{figures['p50_us']:.0f} / {figures['p95_us']:.0f} us"
 
 
 def keras_rows(k: dict[str, Any]) -> list[Row]:
@@ -172,6 +186,7 @@ def training_rows(t: dict[str, Any]) -> list[Row]:
 
 # The sections after the latencies, in table order: results key, what a skipped one is called, rows.
 SECTIONS: tuple[tuple[str, str, Callable[[dict[str, Any]], list[Row]]], ...] = (
+    ("neighbours", "reference photos", neighbours_rows),
     ("keras_forward", "bare forward, Keras", keras_rows),
     ("cli", "predict command line", cli_rows),
     ("app", "app", app_rows),

@@ -114,6 +114,7 @@ def test_bench_table_without_keras(litert_dir: Path) -> None:
     assert "predict() / bare forward" in table and "<= 1.5 x" in table
     assert "LiteRT/Keras agreement" in table and "skipped: --skip-keras" in table
     assert "predict command line" in table and "skipped: --skip-cli" in table
+    assert "reference photos" in table and "skipped: the model folder holds no reference photos" in table
 
 
 @pytest.mark.parametrize(
@@ -149,6 +150,8 @@ RESULTS: dict[str, Any] = {  # every section measured; figures chosen to sit on 
     "bare_forward": {"engine": "CPU (LiteRT, 2 threads)", "p50_ms": 1.0, "p95_ms": 1.5},
     "predict": {"p50_ms": 1.5, "p95_ms": 2.0, "vs_bare": 1.5},
     "explain": {"p50_ms": 3.0, "p95_ms": 4.0, "vs_bare": 3.0},
+    "neighbours": {"bank": [2040, 1280], "neighbours": 3, "of_species": {"p50_us": 71.0, "p95_us": 105.2},
+                   "of_any": {"p50_us": 190.4, "p95_us": 1000.0}, "worst_p95_ms": 1.0},
     "keras_forward": {"engine": "CPU (Keras)", "p50_ms": 20.0, "p95_ms": 25.0, "vs_litert": 20.0},
     "cli": {"runs": 3, "imported": [], "tensorflow_imported": False,
             "plain": {"wall_s": 0.4, "wall_min_s": 0.3, "wall_max_s": 0.5, "peak_rss_mib": 300.0},
@@ -178,6 +181,7 @@ def test_targets_pass_on_their_thresholds_and_are_unmeasured_where_skipped() -> 
     verdicts = {name: (c["value"], c["target"], c["pass"]) for name, c in checks.items()}
     assert verdicts == {
         "predict() / bare forward": (1.5, "<= 1.5 x", True),  # on a <= threshold
+        "reference photos per answer, p95": (1.0, "<= 1 ms", True),
         "CLI wall time": (0.4, "< 1.5 s", True),
         "CLI peak RSS": (300.0, "< 300 MiB", False),  # on a < threshold
         "CLI --explain wall time": (2.5, "< 2 s", False),
@@ -198,6 +202,9 @@ def test_table_rows_of_every_section_in_order() -> None:
         ("  predict() / bare forward", "1.50x", "predict.vs_bare"),
         ("predict(explain=True) (p50 / p95)", "3.00 / 4.00 ms", None),
         ("  predict(explain=True) / bare forward", "3.00x", None),
+        ("reference photos of the top species (3 of 2040 photos, 1280-d), p50 / p95", "71 / 105 us", None),
+        ("reference photos of any species, p50 / p95", "190 / 1000 us", None),
+        ("  reference photos, worst p95", "1.000 ms", "neighbours.worst_p95_ms"),
         ("bare forward, Keras, batch 1 (p50 / p95)", "20.00 / 25.00 ms", None),
         ("  Keras / LiteRT (same run)", "20.00x", None),
         ("python -m flower_demo.predict photo.jpg: wall, median of 3", "0.40 s (min 0.30, max 0.50)",
@@ -239,7 +246,7 @@ def test_table_rows_of_skipped_and_failed_sections() -> None:
         ("app", "error: app exited with code 1", None),
         ("training", "skipped: backbone resnet is not in the registry", None),
     ]
-    assert len(tables.table_rows(r)) == 5 + 1 + 1 + 1 + 3 + 2 + 1 + 1  # measured sections keep theirs
+    assert len(tables.table_rows(r)) == 5 + 3 + 1 + 1 + 1 + 3 + 2 + 1 + 1  # measured sections keep theirs
 
 
 def test_format_table_aligns_rows_with_targets_and_status() -> None:
