@@ -167,6 +167,14 @@ def test_plot_prediction_size_and_errors(tmp_path: Path) -> None:
     with pytest.raises(FlowerDemoError, match="not an image"):
         report.plot_prediction(not_photo, prediction, tmp_path / "chart.png")
 
+    # with reference photos (Prediction.neighbours): a row of them under the chart, drawn
+    green = save_solid(tmp_path / "green.jpg", (30, 200, 30), size=(112, 112))
+    prediction.neighbours = [{"class_name": "beta flower", "similarity": 0.8, "image": str(green)}] * 2
+    with Image.open(report.plot_prediction(photo, prediction, tmp_path / "like.png")) as image:
+        assert image.size == (report.PLOT_PIXELS[0], report.PLOT_PIXELS[1] + report.PLOT_NEIGHBOURS_HEIGHT)
+        below = np.asarray(image.convert("RGB"))[report.PLOT_PIXELS[1] :].reshape(-1, 3)
+    assert (np.abs(below - [30, 200, 30]).sum(axis=1) < 60).mean() > 0.05  # the thumbnails are drawn
+
 
 @pytest.mark.slow
 def test_cli_plot_one_figure_per_image(tiny_model_dir: Path, tmp_path: Path) -> None:
