@@ -93,10 +93,11 @@ def load_app() -> ModuleType:
 
 
 def run_module(
-    module: str, *args: object, cwd: Path = REPO_ROOT, timeout: float = 600
+    module: str, *args: object, cwd: Path = REPO_ROOT, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS...` the way users run our commands (stdout a pipe, not a terminal),
-    from the repository root or from `cwd` with the repository's package importable."""
+    from the repository root or from `cwd` with the repository's package importable, with `env`'s
+    variables set (KERAS_BACKEND=jax, say)."""
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
@@ -104,7 +105,7 @@ def run_module(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, **(env or {}), "PYTHONPATH": path},
     )
 
 

@@ -94,7 +94,8 @@ def test_run_folder_reruns_its_recipe(trained_run):
     where = trained_run.args[: trained_run.args.index("--image-size")]  # --image-folder, --weights
     for stored, given in (("settings.json", []), ("metadata.json", where)):
         rerun = train.parse_args(["--config", str(trained_run.run_dir / stored), *given])
-        assert rerun == dataclasses.replace(made, run_dir=None, no_export=False)  # run options stay out
+        # run options stay out; --fine-tune auto is stored as what it was on this CPU
+        assert rerun == dataclasses.replace(made, run_dir=None, no_export=False, fine_tune="cached")
 
 
 def test_shipped_model_gives_back_its_recipe():
@@ -437,6 +438,7 @@ def test_package_metadata():
         "": ["requirements.txt"],
         "train": ["requirements-train.txt"],
         "test": ["requirements-test.txt"],
+        "jax": ["requirements-jax.txt"],
     }
     for names in files.values():
         lines = (model_files.REPO_ROOT / names[0]).read_text().splitlines()

@@ -141,9 +141,12 @@ def optimisation_options(add: Adder) -> None:
     )
     add(
         "--fine-tune",
-        choices=("cached", "whole"),
+        "--recipe",
+        dest="fine_tune",
+        choices=("auto", "cached", "whole"),
         help="stage 2: cached = the backbone's top (from --fine-tune-from up) on the cached views; "
-        "whole = every backbone layer but BatchNorm, on photos augmented afresh each epoch (slower)",
+        "whole = every backbone layer but BatchNorm, on photos augmented afresh each epoch (slower "
+        "on a CPU); auto = whole where a GPU is seen (in mixed precision), else cached",
     )
     add(
         "--fine-tune-from",
@@ -196,6 +199,13 @@ def run_options(add: Adder) -> None:
         "folder); the options given here override it, its data source included",
     )
     add("--run-dir", help="output folder (default: runs/<date-time>)")
+    add(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="train on N devices at once, each batch split between them (Keras' JAX backend: "
+        "KERAS_BACKEND=jax); 0 = every visible GPU, or one device where there is none",
+    )
     add(
         "--resume",
         action="store_true",

@@ -20,7 +20,7 @@ from flower_demo.errors import FlowerDemoError, first_line
 
 SOURCES = ("data_dir", "tfds", "image_folder")  # exactly one names the data
 # Where a run goes and what is done with its result: not part of a recipe, never read from a file.
-RUN_OPTIONS = ("run_dir", "resume", "keep_cache", "ship", "no_export", "no_report")
+RUN_OPTIONS = ("run_dir", "devices", "resume", "keep_cache", "ship", "no_export", "no_report")
 # settings.json keeps run_dir, as a record
 NOT_SAVED = ("resume", "keep_cache", "ship", "no_export", "no_report")
 SHORT_STAGE_STEPS = 200  # a stage this short gets a warning, and no mixup (it only slows learning there)
@@ -64,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "constant"
     warmup_epochs: int = 0
-    fine_tune: str = "cached"
+    fine_tune: str = "auto"  # whole on a GPU, cached on a CPU (pipeline.resolve); a run records which
     fine_tune_from: str | None = None
     seed: int = 0
     # splits
@@ -77,6 +77,7 @@ class TrainConfig:
     distill: float = 0.5
     # run
     run_dir: str | None = None
+    devices: int = 0  # data parallel over this many devices (JAX); 0: every visible GPU (devices.py)
     resume: bool = False
     keep_cache: bool = False
     ship: bool = False

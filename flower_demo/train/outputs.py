@@ -8,7 +8,10 @@ import datetime
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,17 +172,37 @@ def training_record(settings: dict[str, Any], weights_name: str) -> dict[str, An
 
 
 def export_for_serving(run_dir: Path) -> Path | None:
-    """Write the run's model.tflite, what the serving core runs by default; where TensorFlow is
-    missing (Keras on JAX, say) say so in one line and leave the run servable by the Keras engine."""
+    """Write the run's model.tflite, what the serving core runs by default. TFLite conversion needs
+    Keras' TensorFlow backend: a run on another backend (JAX) converts its model.keras, which every
+    backend reads, in a process of its own on TensorFlow; where TensorFlow is missing, or that
+    fails, it says so in one line and the run stays servable by the Keras engine."""
     if importlib.util.find_spec("tensorflow") is None:
         print("note: TensorFlow is not installed, so no model.tflite was written; run "
               f"`python -m flower_demo.export --model {run_dir}` where it is")  # fmt: skip
         return None
+    if keras.config.backend() != "tensorflow":
+        return export_on_tensorflow(run_dir)
     from flower_demo.export import export_tflite
 
     target = export_tflite(run_dir)
     print(f"saved {target}")
     return target
+
+
+def export_on_tensorflow(run_dir: Path) -> Path | None:
+    """`python -m flower_demo.export --model RUN` with KERAS_BACKEND=tensorflow, for a run trained
+    on another backend; its output lines are passed on, a failure is one note."""
+    print(f"converting to model.tflite on Keras' TensorFlow backend (TFLite needs it; this run: "
+          f"{keras.config.backend()})")  # fmt: skip
+    command = [sys.executable, "-m", "flower_demo.export", "--model", str(run_dir)]
+    tensorflow = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run(command, env=tensorflow, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"note: no model.tflite was written ({reason}); the Keras engine serves model.keras")
+        return None
+    print(done.stdout.strip())
+    return run_dir / model_files.TFLITE_FILE
 
 
 def ship(run_dir: Path) -> None:

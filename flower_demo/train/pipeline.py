@@ -4,6 +4,7 @@ stage 1, stage 2, then the model to save, its measurement and the run's outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import shutil
@@ -23,7 +24,7 @@ import keras
 from flower_demo import data, report
 from flower_demo.errors import FlowerDemoError
 from flower_demo.evaluate import evaluate_model
-from flower_demo.train import caching, distill, outputs, stages
+from flower_demo.train import caching, devices, distill, outputs, stages
 from flower_demo.train.config import TrainConfig, settings
 from flower_demo.train.splits import load_splits
 
@@ -61,14 +62,17 @@ class Cache:
 def run(config: TrainConfig) -> Path:
     """One training run; returns its folder."""
     started = time.time()
+    gpu = models.gpu_available()
+    config = resolve(config, gpu)
     check_options(config)
     run_dir = Path(config.run_dir or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    keras.utils.set_random_seed(config.seed)
-    gpu = models.gpu_available()
+    with models.quiet_startup():  # under JAX, Keras seeds TensorFlow too, importing it if installed
+        keras.utils.set_random_seed(config.seed)
     if gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    spread = devices.distribute(config.devices, config.batch_size)
     parts = prepare(config)  # a wrong path or name fails here, before anything is written
-    start_folder(config, run_dir, gpu)
+    start_folder(config, run_dir, gpu, spread)
     cache = cache_arrays(config, parts, run_dir / "cache")
     history: dict[str, dict[str, list[float]]] = {}
     timings: dict[str, float] = {}
@@ -85,6 +89,17 @@ def run(config: TrainConfig) -> Path:
     metadata = outputs.run_metadata(settings(config), parts.train, parts.val, metrics, timings, gpu)
     write_outputs(config, run_dir, model, metadata, history, parts.val, metrics)
     return run_dir
+
+
+def resolve(config: TrainConfig, gpu: bool) -> TrainConfig:
+    """The run's config with `--fine-tune auto` made concrete: the whole backbone on photos
+    augmented afresh where a GPU is seen (the graph runs there, in mixed precision), the cached
+    views on a CPU (where that is many times faster), and with teachers or a TF-Hub backbone, which
+    only the cached views can take; the run records which."""
+    if config.fine_tune != "auto":
+        return config
+    cached_only = bool(config.teachers) or config.backbone.startswith(models.HUB_PREFIX)
+    return dataclasses.replace(config, fine_tune="whole" if gpu and not cached_only else "cached")
 
 
 def whole(config: TrainConfig) -> bool:
@@ -127,13 +142,15 @@ def prepare(config: TrainConfig) -> Prepared:
     return Prepared(train, val, model, bottom, top, fine_tune_from, teacher)
 
 
-def start_folder(config: TrainConfig, run_dir: Path, gpu: bool) -> None:
-    """The run folder with the run's settings (its config) and a README.txt saying what is in it."""
+def start_folder(config: TrainConfig, run_dir: Path, gpu: bool, spread: str = "") -> None:
+    """The run folder with the run's settings (its config) and a README.txt saying what is in it;
+    the start-up line names the device (and `spread`, the devices of a data-parallel run)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "settings.json").write_text(json.dumps(settings(config), indent=2))
     fate = "kept (--keep-cache)" if config.keep_cache else "deleted after a successful run (--drop-cache)"
     (run_dir / "README.txt").write_text(outputs.RUN_README.format(cache_fate=fate))
-    print(f"run folder: {run_dir}  device: {'GPU (mixed precision)' if gpu else 'CPU'}")
+    device = spread or ("GPU (mixed precision)" if gpu else "CPU")
+    print(f"run folder: {run_dir}  device: {device}  backend: {keras.config.backend()}")
 
 
 def cache_arrays(config: TrainConfig, parts: Prepared, folder: Path) -> Cache:
