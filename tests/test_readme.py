@@ -59,6 +59,7 @@ NOT_RUN = {
     "tar xzf": "part of the download instructions",
     "--tfds": "tensorflow_datasets downloads the data set (no network in tests)",
     "--backbone hub:": "downloads a TF-Hub module (no network in tests)",
+    "KERAS_BACKEND=jax": "a run on a CUDA GPU; tests/test_jax.py runs the JAX backend on CPU",
     "flower_demo.train.outputs import ship": "writes into the repository's own weights/ (what --ship does)",
 }
 # What each command's output must show, by module.
