@@ -232,10 +232,16 @@ def pytest_configure(config):
     )
 
 
+BUILT_ONCE = "mobilenet_weights"  # every fixture that built_once builds with TensorFlow needs these
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_readme's command groups first, those with the most training runs first (a minute or
-    more each on 2 cores): pytest-xdist's workers take the tests in this order, so the long ones
-    start at once and the run ends on short tests that an idle worker can take over."""
+    more each on 2 cores); then the test files that use the models built here with TensorFlow
+    (BUILT_ONCE), then the rest, each file kept whole. pytest-xdist's workers start on the two
+    halves of this order, so the long ones start at once, one worker builds the shared models
+    while the other serves the app and runs the tests that need no TensorFlow (instead of waiting
+    for the build), and the run ends on short tests that an idle worker can take over."""
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
 
     def cost(item: pytest.Item) -> tuple[int, int]:
@@ -243,4 +249,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return sum(words[0] == "flower_demo.train" for _, words in group), len(group)
 
     readme.sort(key=cost, reverse=True)
-    items[:] = readme + [item for item in items if item not in readme]
+    rest = [item for item in items if item not in readme]
+    builders = {item.path for item in rest if BUILT_ONCE in item.fixturenames}
+    items[:] = readme + sorted(rest, key=lambda item: item.path not in builders)  # stable: files stay whole
