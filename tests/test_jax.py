@@ -105,9 +105,17 @@ def test_fine_tune_auto_is_whole_on_a_gpu_and_cached_on_a_cpu() -> None:
 
 @needs_jax
 @pytest.mark.slow
-def test_export_on_jax_says_what_it_needs(tiny_model_dir: Path) -> None:
+def test_what_needs_tensorflow_says_so_on_jax(tiny_model_dir: Path, tiny_class_tree: Path, tmp_path) -> None:
+    """TFLite conversion and TF-Hub backbones: one line each, under KERAS_BACKEND=jax."""
     on_jax = {"KERAS_BACKEND": "jax"}
     result = run_module("flower_demo.export", "--model", tiny_model_dir, "--force", env=on_jax)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: TFLite conversion needs Keras' TensorFlow backend")
+    hub = ["--image-folder", tiny_class_tree, "--backbone", "hub:/nowhere", "--run-dir", tmp_path / "run"]
+    result = run_module("flower_demo.train", *hub, env=on_jax)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: TF-Hub backbones need Keras' TensorFlow backend (KERAS_BACKEND=tensorflow); this is jax"
+    )
+    assert not (tmp_path / "run").exists()

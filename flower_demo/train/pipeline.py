@@ -114,6 +114,11 @@ def check_options(config: TrainConfig) -> None:
         raise FlowerDemoError("--resume needs --run-dir pointing at an existing run folder")
     if config.run_dir and Path(config.run_dir).resolve() == model_files.SHIPPED_MODEL_DIR.resolve():
         raise FlowerDemoError("--run-dir must not be weights/; use --ship to publish a run")
+    if hub and keras.config.backend() != "tensorflow":
+        raise FlowerDemoError(
+            f"TF-Hub backbones need Keras' TensorFlow backend (KERAS_BACKEND=tensorflow); this is "
+            f"{keras.config.backend()}"
+        )
     keras_only = "needs a keras.applications backbone; a TF-Hub module"
     if hub and (config.serve_size or config.image_size) != config.image_size:
         raise FlowerDemoError(f"--serve-size {keras_only} has its own size")
