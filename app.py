@@ -7,12 +7,11 @@ nothing else: decoding images, running the model, naming classes, rejecting what
 thing at a time: a confident answer heads the chart of the top five species; a rejected or unsure
 photo gets no species heading, only its closest candidates and a verdict giving its own reason; a
 file that cannot be read gets one message and a clean page. The About text leads with the model's
-own measured accuracy, read from its metadata.json. The reference photos (Prediction.neighbours)
-come from the same forward pass: of the top species, or of any species for a photo turned away,
-titled so. The example photos are a gallery of thumbnails named by species; clicking one
-classifies it. The "Explain (Grad-CAM)" box is off by
-default; its overlay opens in a tab beside the photo and is a private event, computed only while
-the box is ticked.
+own measured accuracy, read from its metadata.json. The reference photos come from the same
+forward pass: of the top species (Prediction.neighbours), or of any species for a photo turned
+away (Prediction.closest), titled so. The example photos are a gallery of thumbnails named by
+species; clicking one classifies it. The "Explain (Grad-CAM)" box is off by default; its overlay
+opens in a tab beside the photo and is a private event, computed only while the box is ticked.
 Limits: uploads over MAX_FILE_SIZE are refused by Gradio before they reach this code, the upload
 cache is emptied on a schedule (CACHE_CLEANUP), and past MAX_QUEUE waiting requests the page and
 API answer "busy, try again" at once instead of queueing without end.
@@ -185,7 +184,7 @@ def chart(prediction: Prediction) -> dict[str, Any]:
 def evidence(prediction: Prediction | None) -> gr.Gallery:
     """The gallery under the chart: the prediction's reference photos, each captioned with its
     species and similarity, titled by what they are; hidden when there are none."""
-    found = prediction.neighbours if prediction is not None else []
+    found = [] if prediction is None else prediction.neighbours if prediction.is_known else prediction.closest
     items = [(n["image"], f"{n['class_name']}, {n['similarity']:.2f}") for n in found]
     title = EVIDENCE_TITLE if prediction is None or prediction.is_known else EVIDENCE_TITLE_REJECTED
     return gr.Gallery(value=items or None, label=title, visible=bool(items))

@@ -400,10 +400,13 @@ class Prediction:
     class_names: list[str]
     probabilities: list[float]
     is_known: bool = True  # False: the calibration's rule says it is none of the model's classes
-    # The training photos most like this one, best first: {"class_name", "similarity" (cosine,
-    # 0..1), "image" (its thumbnail's path)}; of the top class, or of any class when not is_known.
-    # Empty when not asked for or the model folder holds no reference photos.
+    # The training photos of the top class most like this one, best first: {"class_name",
+    # "similarity" (cosine, 0..1), "image" (its thumbnail's path)}. Empty when not asked for or
+    # the model folder holds no reference photos.
     neighbours: list[dict[str, Any]] = field(default_factory=list)
+    # For a photo the rule turns away (not is_known), the training photos of any class most like
+    # it, the same way: they show why it was turned away. Empty otherwise.
+    closest: list[dict[str, Any]] = field(default_factory=list)
     # With explain=True: where the top class's evidence lies, (size, size) float32 in 0..1 over
     # the centre square the model saw; not part of as_dict().
     heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -510,19 +513,22 @@ class Classifier:
     ) -> Prediction:
         """The best `k` classes of one image's probabilities, the calibration's verdict (a feature
         rule needs the image's pooled features), given the image's class maps, the heatmap of the
-        best class, and given its features, its `neighbours` nearest reference photos."""
+        best class, and given its features, its `neighbours` nearest reference photos of the best
+        class (and of any class, when the rule turns it away)."""
         best = np.argsort(-probabilities)[:k]
         known = self.calibration is None or bool(self.calibration.is_known(probabilities, features))
-        nearest = []
+        nearest, closest = [], []
         if neighbours and self.references is not None and features is not None:
-            of = int(best[0]) if known else None  # a photo turned away: the nearest of any class
-            nearest = self.references.nearest(features, self.class_names, of, neighbours)
+            nearest = self.references.nearest(features, self.class_names, int(best[0]), neighbours)
+            if not known:  # turned away: the nearest of any class too
+                closest = self.references.nearest(features, self.class_names, None, neighbours)
         return Prediction(
             class_ids=[int(i) + 1 for i in best],
             class_names=[self.class_names[i] for i in best],
             probabilities=[float(probabilities[i]) for i in best],
             is_known=known,
             neighbours=nearest,
+            closest=closest,
             heatmap=None if class_maps is None else class_heatmap(class_maps[..., best[0]], self.image_size),
         )
 

@@ -61,14 +61,15 @@ def format_table(name: str, prediction: core.Prediction) -> str:
 
 
 def neighbour_rows(prediction: core.Prediction) -> list[str]:
-    """The reference photos under the table: what they are of, then each one's similarity and file."""
-    if not prediction.neighbours:
-        return []
-    of = f"of {prediction.class_names[0]}" if prediction.is_known else "of any species"
-    return [
-        f"  training photos most like it ({of}):",
-        *[f"     {n['similarity']:.2f}  {n['class_name']}  {n['image']}" for n in prediction.neighbours],
-    ]
+    """The reference photos under the table: what they are of, then each one's similarity and file;
+    for a photo turned away, the closest of any species too."""
+    rows = []
+    of_top = (prediction.neighbours, prediction.class_names[0])
+    for found, of in (of_top, (prediction.closest, "any species")):
+        if found:
+            rows.append(f"  training photos most like it (of {of}):")
+            rows += [f"     {n['similarity']:.2f}  {n['class_name']}  {n['image']}" for n in found]
+    return rows
 
 
 def explain_path(out: str, image: str, several: bool) -> Path:

@@ -504,12 +504,13 @@ def plot_prediction(image: ImageLike, prediction: PredictionLike, out_path: str 
     photo = load_rgb(image, min_size=PLOT_MAX_PHOTO)
     photo.thumbnail((PLOT_MAX_PHOTO, PLOT_MAX_PHOTO))
     names, probs = list(prediction.class_names), list(prediction.probabilities)
-    neighbours = list(getattr(prediction, "neighbours", None) or [])
+    known = getattr(prediction, "is_known", True)  # a photo turned away shows the closest of any species
+    neighbours = list(getattr(prediction, "neighbours" if known else "closest", None) or [])
     height = PLOT_PIXELS[1] + (PLOT_NEIGHBOURS_HEIGHT if neighbours else 0)
     fig = _figure(PLOT_PIXELS[0] / DPI, height / DPI)
     if neighbours:
         top, bottom = fig.subfigures(2, 1, height_ratios=[PLOT_PIXELS[1], PLOT_NEIGHBOURS_HEIGHT])
-        plot_neighbours(bottom, neighbours, getattr(prediction, "is_known", True))
+        plot_neighbours(bottom, neighbours, known)
     else:
         top = fig
     left, right = top.subplots(1, 2, width_ratios=[1, 1.3])

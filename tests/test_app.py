@@ -82,7 +82,8 @@ def test_predict_returns_the_chart_as_plain_json(app: ModuleType, client) -> Non
         assert direct.class_names[0].lower() in verdict.lower()
         assert chart["label"] == app.heading(direct)
         # the reference photos: the direct prediction's, captioned, titled by what they are of
-        captions = [f"{n['class_name']}, {n['similarity']:.2f}" for n in direct.neighbours]
+        shown_photos = direct.neighbours if direct.is_known else direct.closest
+        captions = [f"{n['class_name']}, {n['similarity']:.2f}" for n in shown_photos]
         assert [item["caption"] for item in photos["value"]] == captions and len(captions) == 3
         assert photos["visible"] and all(Path(item["image"]).is_file() for item in photos["value"])
         title = app.EVIDENCE_TITLE if direct.is_known else app.EVIDENCE_TITLE_REJECTED

@@ -281,7 +281,8 @@ def test_reference_photos_under_the_chart(
             title = app.EVIDENCE_TITLE if direct.is_known else app.EVIDENCE_TITLE_REJECTED
             expect(gallery.get_by_test_id("block-label")).to_have_text(title)
             items = gallery.locator(".thumbnail-item")
-            captions = [f"{n['class_name']}, {n['similarity']:.2f}" for n in direct.neighbours]
+            found = direct.neighbours if direct.is_known else direct.closest
+            captions = [f"{n['class_name']}, {n['similarity']:.2f}" for n in found]
             expect(items).to_have_count(len(captions))
             expect(items.locator(".caption-label")).to_have_text(captions)
             for img in items.locator("img").all():  # each thumbnail loaded and drawn

@@ -1,5 +1,6 @@
 """The evidence behind an answer (Prediction.neighbours): the training photos most like the photo,
-of its top species (of any species for a photo turned away), best first, with thumbnails that
+of its top species (and of any species for a photo turned away: Prediction.closest), best first,
+with thumbnails that
 travel with the model folder, are covered by its file hashes and decode; the predict command
 line's JSON and table carry them. On the shipped model; the writer and its checks on the tiny one.
 
@@ -73,8 +74,11 @@ def test_regression_an_example_photo_is_its_own_nearest_reference(shipped: Class
 def test_a_photo_turned_away_gets_the_nearest_of_any_species(shipped: Classifier) -> None:
     answer = predict(NON_FLOWER, shipped)
     assert not answer.is_known
-    check_neighbours(answer.neighbours, None)
-    assert answer.neighbours[0]["similarity"] < shipped.calibration.ood_threshold + 0.2
+    check_neighbours(answer.neighbours, answer.class_names[0])  # its top species' photos, as always
+    check_neighbours(answer.closest, None)
+    assert answer.closest[0]["similarity"] >= answer.neighbours[0]["similarity"]  # of all, at least as near
+    assert answer.closest[0]["similarity"] < shipped.calibration.ood_threshold + 0.2
+    assert predict(fixture_photos()[0], shipped).closest == []  # a photo it accepts has none
 
 
 def test_shipped_thumbnails_are_few_small_and_one_per_reference(shipped_model_dir: Path, shipped) -> None:
@@ -92,7 +96,8 @@ def test_cli_json_and_table_carry_the_reference_photos(shipped: Classifier) -> N
     result = run_module("flower_demo.predict", *photos, "--json")
     assert result.returncode == 0, result.stderr
     for record in json.loads(result.stdout):
-        check_neighbours(record["neighbours"], record["class_names"][0] if record["is_known"] else None)
+        check_neighbours(record["neighbours"], record["class_names"][0])
+        assert record["closest"] == [] if record["is_known"] else len(record["closest"]) == 3
     result = run_module("flower_demo.predict", photos[0], "--neighbours", "0", "--json")
     assert json.loads(result.stdout)[0]["neighbours"] == []
     table = run_module("flower_demo.predict", photos[0], "--neighbours", "2").stdout

@@ -167,13 +167,19 @@ def test_plot_prediction_size_and_errors(tmp_path: Path) -> None:
     with pytest.raises(FlowerDemoError, match="not an image"):
         report.plot_prediction(not_photo, prediction, tmp_path / "chart.png")
 
-    # with reference photos (Prediction.neighbours): a row of them under the chart, drawn
+    # with reference photos: a row of them under the chart, drawn; of the top species for a photo
+    # it accepts (Prediction.neighbours), of any species for one it turns away (Prediction.closest)
     green = save_solid(tmp_path / "green.jpg", (30, 200, 30), size=(112, 112))
+    blue = save_solid(tmp_path / "blue.jpg", (30, 30, 200), size=(112, 112))
     prediction.neighbours = [{"class_name": "beta flower", "similarity": 0.8, "image": str(green)}] * 2
-    with Image.open(report.plot_prediction(photo, prediction, tmp_path / "like.png")) as image:
-        assert image.size == (report.PLOT_PIXELS[0], report.PLOT_PIXELS[1] + report.PLOT_NEIGHBOURS_HEIGHT)
-        below = np.asarray(image.convert("RGB"))[report.PLOT_PIXELS[1] :].reshape(-1, 3)
-    assert (np.abs(below - [30, 200, 30]).sum(axis=1) < 60).mean() > 0.05  # the thumbnails are drawn
+    prediction.closest = [{"class_name": "gamma flower", "similarity": 0.5, "image": str(blue)}] * 3
+    for known, colour in ((True, [30, 200, 30]), (False, [30, 30, 200])):
+        prediction.is_known = known
+        taller = (report.PLOT_PIXELS[0], report.PLOT_PIXELS[1] + report.PLOT_NEIGHBOURS_HEIGHT)
+        with Image.open(report.plot_prediction(photo, prediction, tmp_path / "like.png")) as image:
+            assert image.size == taller
+            below = np.asarray(image.convert("RGB"))[report.PLOT_PIXELS[1] :].reshape(-1, 3)
+        assert (np.abs(below - colour).sum(axis=1) < 60).mean() > 0.05  # those thumbnails are drawn
 
 
 @pytest.mark.slow
