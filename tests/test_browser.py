@@ -267,7 +267,7 @@ def test_reference_photos_under_the_chart(
 
     if app.CLASSIFIER.references is None:
         pytest.skip("the served model holds no reference photos (calibrate --references-only)")
-    cases = {"confident": example("rose"), "unsure": unsure_collage(tmp_path), "rejected": NON_FLOWER}
+    cases = {"confident": example("_rose"), "unsure": unsure_collage(tmp_path), "rejected": NON_FLOWER}
     page = page.context.browser.new_page(viewport=VIEWPORT if screen == "desktop" else PHONE)
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
