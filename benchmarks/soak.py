@@ -114,12 +114,16 @@ class Soak:
         if kind == "photo":
             if error is not None:
                 return f"{source.name}: error {error!r}"
-            chart, _ = result
+            chart, _, photos = result  # the chart, the verdict, the reference photos
             rows = [(c["label"], c["confidence"]) for c in chart["confidences"]]
             want = self.expected[source]
             names_ok = [n for n, _ in rows] == want.class_names[: len(rows)]
             probs_ok = np.allclose([p for _, p in rows], want.probabilities[: len(rows)], atol=1e-4)
-            return None if names_ok and probs_ok else f"{source.name}: {rows[:2]} != {want.top1}"
+            shown = want.neighbours if want.is_known else want.closest
+            got = len(photos.get("value") or [])
+            if names_ok and probs_ok and got == len(shown):
+                return None
+            return f"{source.name}: {rows[:2]} != {want.top1}, or {got} reference photos, not {len(shown)}"
         message = str(error) if isinstance(error, AppError) else ""
         _, reason = self.bad[kind]
         if not (message.startswith(source.name) and reason in message and "\n" not in message):
