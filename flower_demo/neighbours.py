@@ -83,6 +83,8 @@ class References:
         rows = np.flatnonzero(self.labels == species) if species is not None else None
         similarity = (self.bank if rows is None else self.bank[rows]) @ vector
         k = min(k, len(similarity))
+        if k == 0:  # no training photo of that class in the bank
+            return []
         best = np.argpartition(-similarity, k - 1)[:k]
         best = best[np.argsort(-similarity[best], kind="stable")]
         chosen = best if rows is None else rows[best]

@@ -130,6 +130,7 @@ def test_calibrate_writes_thumbnails_the_folder_vouches_for(referenced) -> None:
     classifier = Classifier(folder)
     answer = predict(photos[0], classifier)
     check_neighbours(answer.neighbours, answer.class_names[0], count=2)  # two photos per class
+    assert classifier.references.nearest(np.ones(1280), classifier.class_names, 7, 3) == []  # no such class
     assert answer.neighbours == sorted(answer.neighbours, key=lambda n: -n["similarity"])
     thumbnails = folder / model_files.THUMBNAILS_DIR
     record = model_files.read_metadata(folder)[model_files.FILES_KEY][model_files.THUMBNAILS_DIR]
