@@ -38,7 +38,6 @@ import gradio as gr
 from flower_demo.core import DEFAULT_TOP_K, Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
-from flower_demo.model_files import THUMBNAILS_DIR, model_dir
 from flower_demo.neighbours import DEFAULT_NEIGHBOURS
 
 TOP_K = DEFAULT_TOP_K  # the chart's rows: every one of the top five is shown, however small
@@ -94,8 +93,6 @@ try:
     CLASSIFIER = Classifier(os.environ.get("FLOWER_DEMO_MODEL") or None)
 except FlowerDemoError as exc:  # a missing or mismatched model: one clear line, exit status 1
     raise SystemExit(f"error: cannot serve: {exc}") from None
-# The reference photos' folder, which Gradio must be allowed to serve files from.
-THUMBNAILS = model_dir(os.environ.get("FLOWER_DEMO_MODEL") or None) / THUMBNAILS_DIR
 print(f"flower_demo: serving {CLASSIFIER.engine.path} on {CLASSIFIER.engine.device}", flush=True)
 # The C library this process runs on, for release_memory (Windows has no such handle: None).
 LIBC = ctypes.CDLL(None) if os.name == "posix" else None
@@ -184,7 +181,7 @@ def chart(prediction: Prediction) -> dict[str, Any]:
 def evidence(prediction: Prediction | None) -> gr.Gallery:
     """The gallery under the chart: the prediction's reference photos, each captioned with its
     species and similarity, titled by what they are; hidden when there are none."""
-    found = [] if prediction is None else prediction.neighbours if prediction.is_known else prediction.closest
+    found = prediction.evidence if prediction is not None else []
     items = [(n["image"], f"{n['class_name']}, {n['similarity']:.2f}") for n in found]
     title = EVIDENCE_TITLE if prediction is None or prediction.is_known else EVIDENCE_TITLE_REJECTED
     return gr.Gallery(value=items or None, label=title, visible=bool(items))
@@ -447,7 +444,8 @@ def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACH
 def launch(blocks: gr.Blocks | None = None, **options: Any) -> tuple[Any, str, str]:
     """Serve `blocks` (default: `demo`) with the upload size limit and the page's CSS, which Gradio
     takes at launch, not at build; `options` go to `Blocks.launch` (port, quiet, ...)."""
-    allowed = [str(THUMBNAILS)] if THUMBNAILS.is_dir() else []  # the reference photos, wherever it runs
+    references = CLASSIFIER.references  # Gradio must be allowed to serve their thumbnails, wherever they are
+    allowed = [str(references.folder)] if references is not None else []
     return (blocks or demo).launch(max_file_size=MAX_FILE_SIZE, css=CSS, allowed_paths=allowed, **options)
 
 

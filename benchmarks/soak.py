@@ -119,7 +119,7 @@ class Soak:
             want = self.expected[source]
             names_ok = [n for n, _ in rows] == want.class_names[: len(rows)]
             probs_ok = np.allclose([p for _, p in rows], want.probabilities[: len(rows)], atol=1e-4)
-            shown = want.neighbours if want.is_known else want.closest
+            shown = want.evidence
             got = len(photos.get("value") or [])
             if names_ok and probs_ok and got == len(shown):
                 return None

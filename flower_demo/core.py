@@ -412,6 +412,12 @@ class Prediction:
     heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
+    def evidence(self) -> list[dict[str, Any]]:
+        """The reference photos to show beside this answer: of the top class for a photo the rule
+        keeps, of any class for one it turns away (they show why)."""
+        return self.neighbours if self.is_known else self.closest
+
+    @property
     def top1(self) -> tuple[str, float]:
         return self.class_names[0], self.probabilities[0]
 

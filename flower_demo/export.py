@@ -96,6 +96,13 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
     """The TFLite flatbuffer of `models.serving_model(model)` (batch 1, float32 pixels 0..255 in)."""
     from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
 
+    import keras  # isort: skip
+
+    if keras.config.backend() != "tensorflow":
+        raise FlowerDemoError(
+            "TFLite conversion needs Keras' TensorFlow backend: run it with KERAS_BACKEND=tensorflow "
+            "(model.keras reads the same on every backend)"
+        )
     import tensorflow as tf  # isort: skip
 
     if quantize not in QUANTIZE:
@@ -154,11 +161,6 @@ def export_tflite(
     keras_file = model_files.model_file(model_path, model_files.MODEL_FILE)
     if not keras_file.is_file():  # said before TensorFlow's seconds of start-up
         raise FlowerDemoError(f"model file not found: {keras_file}")
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        raise FlowerDemoError(
-            "TFLite conversion needs Keras' TensorFlow backend: run it with KERAS_BACKEND=tensorflow "
-            "(model.keras reads the same on every backend)"
-        )
     if not force and (existing := current_export(model_path, out_dir, quantize)):
         return existing
     from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed

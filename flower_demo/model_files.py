@@ -4,15 +4,14 @@ A model folder (the shipped one is `weights/`) holds `metadata.json` (class name
 backbone, metrics, calibration) beside `model.tflite` (what the serving core runs) and/or
 `model.keras` (the trained Keras model), and, once calibrated, `ood.npz` (the "not one of the
 classes" rule's statistics and the reference photos' features) with `thumbnails/` (the reference
-photos themselves, neighbours.py). The folder is one unit: metadata.json's "files" records each model
-file's size and sha256 (a folder's as one record), loading refuses a file that does not match
-(`verify_file`), and every
-command that writes a folder writes its files beside their places and renames them in, the
-metadata last (`Staged`). This module owns those file names, the names of the served outputs,
-reading and checking metadata, label maps and the files' hashes, writing a folder, and keeping
-native libraries' start-up lines off the terminal. It imports neither TensorFlow nor Keras, and
-nothing of the project but errors.py, so that both the serving core (core.py) and the Keras side
-(models.py) can build on it.
+photos themselves, neighbours.py). The folder is one unit: metadata.json's "files" records each
+model file's size and sha256 (a folder's as one record), loading refuses a file that does not
+match (`verify_file`), and every command that writes a folder writes its files beside their places
+and renames them in, the metadata last (`Staged`). This module owns those file names, the names of
+the served outputs, reading and checking metadata, label maps and the files' hashes, writing a
+folder, and keeping native libraries' start-up lines off the terminal. It imports neither
+TensorFlow nor Keras, and nothing of the project but errors.py, so that both the serving core
+(core.py) and the Keras side (models.py) can build on it.
 """
 
 from __future__ import annotations
@@ -207,10 +206,10 @@ def verify_file(
     record = records.get(path.name)
     if record is None and named:
         return
+    size = size_of(path) if record is not None else None  # a folder's: its files walked once
     if record is None:
         problem = f"is not recorded in {METADATA_FILE}, so it may be a file of an earlier model"
-    elif size_of(path) != record.get("bytes"):
-        size, recorded = size_of(path), record.get("bytes")
+    elif size != (recorded := record.get("bytes")):
         problem = f"does not match {METADATA_FILE} (size differs: {size} bytes, recorded {recorded})"
     elif _checked_digest(path) != record.get("sha256"):
         problem = f"does not match {METADATA_FILE} (sha256 differs)"

@@ -71,6 +71,11 @@ class References:
     labels: np.ndarray  # (n,) class index of each row
     thumbnails: list[Path]  # (n,) the thumbnail of each row, on disk
 
+    @property
+    def folder(self) -> Path:
+        """The folder of the thumbnails (THUMBNAILS_DIR in the model folder)."""
+        return self.thumbnails[0].parent
+
     def nearest(
         self, features: np.ndarray, class_names: list[str], species: int | None, k: int
     ) -> list[dict[str, Any]]:

@@ -504,8 +504,8 @@ def plot_prediction(image: ImageLike, prediction: PredictionLike, out_path: str 
     photo = load_rgb(image, min_size=PLOT_MAX_PHOTO)
     photo.thumbnail((PLOT_MAX_PHOTO, PLOT_MAX_PHOTO))
     names, probs = list(prediction.class_names), list(prediction.probabilities)
-    known = getattr(prediction, "is_known", True)  # a photo turned away shows the closest of any species
-    neighbours = list(getattr(prediction, "neighbours" if known else "closest", None) or [])
+    known = getattr(prediction, "is_known", True)
+    neighbours = list(getattr(prediction, "evidence", None) or [])  # core.Prediction's
     height = PLOT_PIXELS[1] + (PLOT_NEIGHBOURS_HEIGHT if neighbours else 0)
     fig = _figure(PLOT_PIXELS[0] / DPI, height / DPI)
     if neighbours:

@@ -56,6 +56,8 @@ def test_neighbours_of_a_confident_answer_are_of_its_species(shipped: Classifier
         if answer.is_known and answer.probabilities[0] >= 0.5:
             check_neighbours(answer.neighbours, answer.class_names[0])
     assert predict(fixture_photos()[0], shipped, neighbours=0).neighbours == []
+    kept = predict(fixture_photos()[0], shipped)
+    assert kept.is_known and kept.evidence == kept.neighbours
     five = predict(fixture_photos()[0], shipped, neighbours=5)
     assert five.neighbours[:3] == predict(fixture_photos()[0], shipped).neighbours  # the same order
     batch = predict_batch(fixture_photos()[:2], shipped)
@@ -76,6 +78,7 @@ def test_a_photo_turned_away_gets_the_nearest_of_any_species(shipped: Classifier
     assert not answer.is_known
     check_neighbours(answer.neighbours, answer.class_names[0])  # its top species' photos, as always
     check_neighbours(answer.closest, None)
+    assert answer.evidence == answer.closest  # what the page and --plot show for it
     assert answer.closest[0]["similarity"] >= answer.neighbours[0]["similarity"]  # of all, at least as near
     assert answer.closest[0]["similarity"] < shipped.calibration.ood_threshold + 0.2
     assert predict(fixture_photos()[0], shipped).closest == []  # a photo it accepts has none

@@ -18,6 +18,7 @@ from helpers import TINY_CLASSES, TINY_COLOURS, run_module, save_solid
 from PIL import Image
 
 from flower_demo import FlowerDemoError, report
+from flower_demo.core import Prediction
 
 PER_CLASS = 4
 
@@ -171,10 +172,11 @@ def test_plot_prediction_size_and_errors(tmp_path: Path) -> None:
     # it accepts (Prediction.neighbours), of any species for one it turns away (Prediction.closest)
     green = save_solid(tmp_path / "green.jpg", (30, 200, 30), size=(112, 112))
     blue = save_solid(tmp_path / "blue.jpg", (30, 30, 200), size=(112, 112))
-    prediction.neighbours = [{"class_name": "beta flower", "similarity": 0.8, "image": str(green)}] * 2
-    prediction.closest = [{"class_name": "gamma flower", "similarity": 0.5, "image": str(blue)}] * 3
+    neighbours = [{"class_name": "beta flower", "similarity": 0.8, "image": str(green)}] * 2
+    closest = [{"class_name": "gamma flower", "similarity": 0.5, "image": str(blue)}] * 3
     for known, colour in ((True, [30, 200, 30]), (False, [30, 30, 200])):
-        prediction.is_known = known
+        names, shares = TINY_CLASSES, [0.7, 0.2, 0.1]
+        prediction = Prediction([2, 1, 3], names, shares, known, neighbours, closest if not known else [])
         taller = (report.PLOT_PIXELS[0], report.PLOT_PIXELS[1] + report.PLOT_NEIGHBOURS_HEIGHT)
         with Image.open(report.plot_prediction(photo, prediction, tmp_path / "like.png")) as image:
             assert image.size == taller

@@ -216,12 +216,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def open_model(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The metadata and the engine (raw outputs: no stored rule applied) of --model, checked
+    against each other."""
+    metadata = model_files.read_metadata(args.model)
+    engine = core.open_engine(args.model, args.engine)
+    model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
+    return metadata, engine
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     """Calibrate the model the arguments name: (the result, where it was written or None)."""
     core.check_rule(args.rule)
-    metadata = model_files.read_metadata(args.model)
-    engine = core.open_engine(args.model, args.engine)  # raw outputs: no stored rule applied
-    model_files.check_against_metadata(engine.path, engine.num_classes, engine.image_size, metadata)
+    metadata, engine = open_model(args)
     folds = [open_fold(folder, args.engine, metadata["class_names"]) for folder in args.folds or []]
     if args.recipe_chosen_on:
         mark_recipe_choice(folds, args.recipe_chosen_on)
@@ -238,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         if args.references_only:
-            metadata = model_files.read_metadata(args.model)
-            engine = core.open_engine(args.model, args.engine)
+            metadata, engine = open_model(args)
             written = references_only(args, engine, metadata)
             done = "dry run: the model folder is unchanged" if args.dry_run else f"written to {args.model}"
             print(f"reference photos: {written['reference_photos']} ({written['splits']}); {done}")
