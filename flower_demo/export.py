@@ -96,13 +96,6 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
     """The TFLite flatbuffer of `models.serving_model(model)` (batch 1, float32 pixels 0..255 in)."""
     from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
 
-    import keras  # isort: skip
-
-    if keras.config.backend() != "tensorflow":
-        raise FlowerDemoError(
-            "TFLite conversion needs Keras' TensorFlow backend: run it with KERAS_BACKEND=tensorflow "
-            "(model.keras reads the same on every backend)"
-        )
     import tensorflow as tf  # isort: skip
 
     if quantize not in QUANTIZE:
@@ -165,6 +158,13 @@ def export_tflite(
         return existing
     from flower_demo import models  # first: Keras and TensorFlow load quietly, and only when needed
 
+    import keras  # isort: skip
+
+    if keras.config.backend() != "tensorflow":  # said before the model is loaded
+        raise FlowerDemoError(
+            "TFLite conversion needs Keras' TensorFlow backend: run it with KERAS_BACKEND=tensorflow "
+            "(model.keras reads the same on every backend)"
+        )
     import tensorflow as tf  # isort: skip
 
     model, metadata = models.load_model(model_path)
