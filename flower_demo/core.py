@@ -25,6 +25,7 @@ when that engine is asked for; models.py does not import this module).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -57,6 +58,7 @@ from flower_demo.model_files import (  # what a model folder holds; core's calle
     read_metadata,
     verify_file,
 )
+from flower_demo.imprint import MAX_PHOTOS, MIN_PHOTOS, TAUGHT_KEY, Head, Taught, read_head, read_taught, unit
 from flower_demo.neighbours import DEFAULT_NEIGHBOURS, References, read_references
 
 ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
@@ -82,6 +84,13 @@ OOD_RULES: dict[str, tuple[str, ...]] = {
     "knn": ("bank",),
 }
 LOG_FLOOR = 1e-30  # probabilities are floored here before the log (float32 softmax can underflow to 0)
+EXTRA_BANK = "extra_bank"  # kNN statistics of photos taught in memory (Classifier.teach), after "bank"
+# Rules a taught class fits into as it is: the kNN bank takes the new photos; max_softmax needs nothing.
+TEACHABLE_RULES = ("knn", "max_softmax")
+# A photo to teach from must be at least this like some training photo (cosine of the pooled
+# features): flowers of species the model never saw score above it, photos of other things below
+# (README, "Teach it a new flower").
+TEACH_SIMILARITY = 0.5
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -141,6 +150,8 @@ def known_score(
         squared = (whitened**2).sum(axis=-1)[..., None] - 2 * whitened @ means.T + (means**2).sum(axis=-1)
         return -squared.min(axis=-1)
     similarity = l2_normalise(features) @ stats["bank"].T
+    if EXTRA_BANK in stats:
+        similarity = np.concatenate([similarity, l2_normalise(features) @ stats[EXTRA_BANK].T], axis=-1)
     return -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
 
 
@@ -449,17 +460,24 @@ class Classifier:
         engine: str | None = None,
     ) -> None:
         self.metadata = read_metadata(model_path)
+        self.folder = model_dir(model_path)
         self.engine = open_engine(model_path, engine)
+        taught = taught_names(self.metadata)
         check_against_metadata(
-            self.engine.path, self.engine.num_classes, self.engine.image_size, self.metadata
+            self.engine.path, self.engine.num_classes + len(taught), self.engine.image_size, self.metadata
         )
-        self.calibration = read_calibration(self.metadata, model_dir(model_path))
+        self.calibration = read_calibration(self.metadata, self.folder)
         self.image_size = int(self.metadata["image_size"])
         self.num_classes = len(self.metadata["class_names"])
         knn_bank = self.calibration.statistics.get("bank") if self.calibration else None
         self.references: References | None = read_references(
-            model_dir(model_path), self.metadata, self.num_classes, knn_bank
+            self.folder, self.metadata, self.num_classes, knn_bank
         )
+        # Classes taught after training (imprint.py): their columns, and the trained head they widen.
+        self.taught = read_taught(self.folder / OOD_FILE, taught)
+        self._head: Head | None = None
+        if taught:
+            self.head()
         self.class_names = (
             load_label_map(category_names, self.num_classes)
             if category_names is not None
@@ -490,8 +508,17 @@ class Classifier:
         return CLASS_MAPS in self.engine.outputs
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The engine's outputs for a batch of process_image arrays, probabilities calibrated."""
-        outputs = dict(self.engine(np.asarray(batch, dtype=np.float32)))
+        """The engine's outputs for a batch of process_image arrays, probabilities widened to the
+        taught classes (if any) and calibrated."""
+        return self.answer(self.engine(np.asarray(batch, dtype=np.float32)))
+
+    def answer(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The engine's raw outputs of a batch as this classifier answers them: probabilities
+        widened to the taught classes (if any), then calibrated."""
+        outputs = dict(raw)
+        if self.taught.names and len(outputs[PROBABILITIES]):
+            head = self._head or self.head()
+            outputs[PROBABILITIES] = self.taught.probabilities(outputs[PROBABILITIES], outputs[FEATURES], head)
         if self.calibration is not None and len(outputs[PROBABILITIES]):
             outputs[PROBABILITIES] = self.calibration.probabilities(outputs[PROBABILITIES])
         return outputs
@@ -500,6 +527,82 @@ class Classifier:
         """(n, classes) probabilities for a batch of process_image outputs (temperature-scaled
         when the model is calibrated)."""
         return np.asarray(self.run(batch)[PROBABILITIES])
+
+    def head(self) -> Head:
+        """The trained classifier's kernel and bias (from OOD_FILE) with its classes' mean features
+        (from the reference photos' bank): what imprinting a new class builds on."""
+        if self._head is None:
+            if self.references is None:
+                raise FlowerDemoError(
+                    f"{self.folder} holds no features of its training photos, which teaching needs: "
+                    f"calibrate it first (python -m flower_demo.calibrate --model {self.folder})"
+                )
+            self._head = read_head(self.folder / OOD_FILE, self.references.bank, self.references.labels)
+        return self._head
+
+    def teach(self, name: str, photos: Sequence[ImageLike], min_photos: int = MIN_PHOTOS) -> Classifier:
+        """A new classifier that also knows the class `name`, imprinted from `photos` (imprint.py);
+        this one is left unchanged, and nothing is written. The photos join the reference photos
+        and the kNN rule's bank, so that photos like them are accepted and shown beside answers."""
+        name, pixels = self.teaching_photos(name, photos, min_photos)
+        features = self.engine(pixels.astype(np.float32)).get(FEATURES)
+        if features is None:
+            raise FlowerDemoError(f"{self.engine.path} returns no pooled features; re-export it")
+        self.check_like_training(features)
+        taught = copy.copy(self)
+        taught.taught = self.taught.with_class(name, *self.head().imprint(features))
+        taught._head = self.head()
+        taught.class_names = [*self.class_names, name]
+        taught.num_classes = self.num_classes + 1
+        rows = unit(features)
+        if self.calibration is not None and self.calibration.ood_rule == "knn":
+            stats = self.calibration.statistics
+            extra = rows if EXTRA_BANK not in stats else np.concatenate([stats[EXTRA_BANK], rows])
+            taught.calibration = replace(self.calibration, statistics={**stats, EXTRA_BANK: extra})
+        taught.references = self.references.with_rows(rows, self.num_classes, list(pixels))
+        return taught
+
+    def teaching_photos(self, name: str, photos: Sequence[ImageLike], min_photos: int) -> tuple[str, np.ndarray]:
+        """The class name, tidied, and the readable photos as process_image arrays; one-line
+        refusals for a name the model knows, a rule a new class does not fit, too few photos."""
+        name = " ".join(str(name).split())
+        if not name:
+            raise FlowerDemoError("give the new flower a name")
+        if name.casefold() in {known.casefold() for known in self.class_names}:
+            raise FlowerDemoError(f"the model already knows {name!r}; choose another name")
+        rule = self.calibration.ood_rule if self.calibration else None
+        if rule is not None and rule not in TEACHABLE_RULES:
+            raise FlowerDemoError(
+                f"a taught class does not fit this model's {rule} rule; calibrate it with --rule knn"
+            )
+        if len(photos) > MAX_PHOTOS:
+            raise FlowerDemoError(f"at most {MAX_PHOTOS} photos teach a flower, got {len(photos)}")
+        readable, problems = [], []
+        for photo in photos:
+            try:
+                readable.append(square_uint8(photo, self.image_size))
+            except FlowerDemoError as exc:
+                problems.append(str(exc))
+        if len(readable) < min_photos:
+            unread = f" ({len(problems)} could not be read: {problems[0]})" if problems else ""
+            raise FlowerDemoError(
+                f"teaching needs at least {min_photos} readable photos, got {len(readable)}{unread}"
+            )
+        return name, np.stack(readable)
+
+    def check_like_training(self, features: np.ndarray) -> None:
+        """Refuse photos that look like nothing the model learnt: fewer than half of them are at
+        least TEACH_SIMILARITY like some training photo."""
+        if self.references is None:
+            self.head()  # raises: no bank to compare with
+        unit_rows = unit(features)
+        closest = np.array([self.references.similarity(row).max() for row in unit_rows])
+        if (closest >= TEACH_SIMILARITY).mean() < 0.5:
+            raise FlowerDemoError(
+                f"these photos look like nothing the model learnt from (closest training photo: "
+                f"{np.median(closest):.2f} similar, a flower is usually over {TEACH_SIMILARITY}); "
+                "teach it flowers"
+            )
 
     def check_top_k(self, top_k: int | None) -> int:
         """`top_k` if it is a valid class count; None means DEFAULT_TOP_K (or all, if fewer)."""
@@ -535,7 +638,10 @@ class Classifier:
             is_known=known,
             neighbours=nearest,
             closest=closest,
-            heatmap=None if class_maps is None else class_heatmap(class_maps[..., best[0]], self.image_size),
+            # a taught class has no activation map (imprint.py): no heatmap for it
+            heatmap=None
+            if class_maps is None or best[0] >= class_maps.shape[-1]
+            else class_heatmap(class_maps[..., best[0]], self.image_size),
         )
 
     def check_neighbours(self, neighbours: int | None) -> int:
@@ -569,6 +675,16 @@ class Classifier:
             )
             for i, row in enumerate(outputs[PROBABILITIES])
         ]
+
+
+def taught_names(metadata: dict[str, Any]) -> list[str]:
+    """The classes a model folder was taught after training (teach.py), in order: the last
+    names of its class_names."""
+    taught = metadata.get(TAUGHT_KEY) or {}
+    names = [str(c.get("name")) for c in taught.get("classes", []) if isinstance(c, dict)]
+    if names and list(metadata["class_names"])[-len(names) :] != names:
+        raise FlowerDemoError(f"model metadata's {TAUGHT_KEY!r} classes are not the last of its class_names")
+    return names
 
 
 _shipped: Classifier | None = None

@@ -122,6 +122,10 @@ def heatmap(
             f"this model ({classifier.metadata['backbone']}) returns no class activation maps; use gradcam"
         )
     index = int(np.argmax(outputs[model_files.PROBABILITIES][0])) if class_index is None else int(class_index)
+    if index >= outputs[model_files.CLASS_MAPS].shape[-1]:
+        raise FlowerDemoError(
+            f"{classifier.class_names[index]!r} was taught from photos, not trained: it has no heatmap"
+        )
     return core.class_heatmap(outputs[model_files.CLASS_MAPS][0][..., index], classifier.image_size)
 
 

@@ -65,28 +65,50 @@ def write_thumbnails(folder: Path, photos: list[ImageLike]) -> list[str]:
 
 @dataclass(frozen=True)
 class References:
-    """A model's reference photos: bank rows (unit length), their class indices and thumbnails."""
+    """A model's reference photos: bank rows (unit length), their class indices and thumbnails;
+    photos taught in memory (Classifier.teach) follow the bank as `extra` rows, so that a taught
+    classifier shares the bank instead of copying it."""
 
     bank: np.ndarray  # (n, d) float32, L2-normalised pooled features
-    labels: np.ndarray  # (n,) class index of each row
-    thumbnails: list[Path]  # (n,) the thumbnail of each row, on disk
+    labels: np.ndarray  # (n + extra,) class index of each row
+    thumbnails: list[Path | np.ndarray]  # the thumbnail of each row: on disk, or pixels held in memory
+    extra: np.ndarray | None = None  # (extra, d) float32, L2-normalised: rows taught in memory
 
     @property
     def folder(self) -> Path:
         """The folder of the thumbnails (THUMBNAILS_DIR in the model folder)."""
-        return self.thumbnails[0].parent
+        return Path(self.thumbnails[0]).parent
+
+    def with_rows(self, rows: np.ndarray, label: int, photos: list[ImageLike]) -> References:
+        """These references and more rows of class index `label`, their thumbnails made from
+        `photos` and held in memory (nothing is written)."""
+        rows = np.asarray(rows, np.float32)
+        extra = rows if self.extra is None else np.concatenate([self.extra, rows])
+        labels = np.concatenate([self.labels, np.full(len(rows), label, self.labels.dtype)])
+        thumbnails = self.thumbnails + [square_uint8(photo, THUMBNAIL_SIZE) for photo in photos]
+        return References(self.bank, labels, thumbnails, extra)
+
+    def similarity(self, vector: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cosine similarity of a unit vector to every row (or to `rows`), the extra rows included."""
+        if rows is None:
+            parts = [self.bank @ vector] + ([self.extra @ vector] if self.extra is not None else [])
+            return np.concatenate(parts)
+        base, extra = rows[rows < len(self.bank)], rows[rows >= len(self.bank)] - len(self.bank)
+        parts = [self.bank[base] @ vector] + ([self.extra[extra] @ vector] if len(extra) else [])
+        return np.concatenate(parts)
 
     def nearest(
         self, features: np.ndarray, class_names: list[str], species: int | None, k: int
     ) -> list[dict[str, Any]]:
         """The `k` rows most like one photo's pooled `features` (cosine similarity, best first),
-        of class index `species`, or of any class for None: [{"class_name", "similarity", "image"}]."""
+        of class index `species`, or of any class for None: [{"class_name", "similarity", "image"}],
+        the image a thumbnail's path, or its pixels for a photo taught in memory."""
         if k <= 0:
             return []
         vector = np.asarray(features, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         rows = np.flatnonzero(self.labels == species) if species is not None else None
-        similarity = (self.bank if rows is None else self.bank[rows]) @ vector
+        similarity = self.similarity(vector, rows)
         k = min(k, len(similarity))
         if k == 0:  # no training photo of that class in the bank
             return []
@@ -97,7 +119,7 @@ class References:
             {
                 "class_name": class_names[int(self.labels[row])],
                 "similarity": float(np.clip(similarity[i], 0.0, 1.0)),  # ReLU features: cosine >= 0
-                "image": str(self.thumbnails[row]),
+                "image": thumbnail if isinstance(thumbnail := self.thumbnails[row], np.ndarray) else str(thumbnail),
             }
             for i, row in zip(best, chosen)
         ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, model_files, neighbours
+from flower_demo import core, imprint, model_files, neighbours
 from flower_demo.calibrate.fit import calibrate
 from flower_demo.calibrate.folds import (
     OOD_PHOTOS,
@@ -99,11 +99,15 @@ def format_report(result: dict[str, Any]) -> str:
 
 def reference_arrays(trained: Trained, thumbnails: list[str]) -> dict[str, np.ndarray]:
     """OOD_FILE's arrays of the reference photos: the kNN bank (the photos' L2-normalised
-    features), each photo's class index and its thumbnail's file name."""
+    features), each photo's class index and its thumbnail's file name; and the classifier's kernel
+    and bias, which teaching a new class builds on (imprint.py)."""
+    head = trained.statistics["energy"]
     return {
         neighbours.BANK: np.asarray(trained.statistics["knn"]["bank"], STATS_DTYPE),
         neighbours.LABELS: np.asarray(trained.labels, np.int16),
         neighbours.PHOTOS: np.asarray(thumbnails, dtype=str),
+        imprint.KERNEL: np.asarray(head["kernel"], STATS_DTYPE),
+        imprint.BIAS: np.asarray(head["bias"], STATS_DTYPE),
     }
 
 

@@ -24,8 +24,11 @@ def chosen_splits(config: TrainConfig) -> tuple[list[str], str | None]:
     """The official splits to train on and the one to validate on (None: no validation), checked."""
     train_splits = [s.strip() for s in config.train_splits.split(",") if s.strip()]
     val_split = None if config.val_split.lower() == "none" else config.val_split
-    if config.image_folder and (train_splits != ["train"] or val_split != "validation"):
-        raise FlowerDemoError("--train-splits and --val-split need --data-dir or --tfds (official splits)")
+    if config.image_folder and (train_splits != ["train"] or val_split not in ("validation", None)):
+        raise FlowerDemoError(
+            "an image folder has no official splits: --train-splits and --val-split (but --val-split none) "
+            "need --data-dir or --tfds"
+        )
     if not train_splits:
         raise FlowerDemoError("--train-splits names no split")
     if val_split in train_splits:
@@ -68,7 +71,9 @@ def load_splits(config: TrainConfig) -> tuple[data.LabeledImages, data.LabeledIm
         train = data.load_oxford_splits(config.data_dir, train_splits)
         val = data.load_oxford_folder(config.data_dir, val_split) if val_split else None
     elif config.image_folder:
-        train, val = data.load_image_folder(config.image_folder, config.val_fraction, config.seed)
+        fraction = config.val_fraction if val_split else 0.0  # --val-split none: train on every photo
+        train, val = data.load_image_folder(config.image_folder, fraction, config.seed)
+        val = val if val_split else None
     else:
         train, val = load_tfds_splits(config, train_splits, val_split)
     if config.max_per_class:

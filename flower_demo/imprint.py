@@ -1,0 +1,165 @@
+"""Classes taught after training, without training: weight imprinting (Qi, Brown and Lowe, CVPR 2018).
+
+A trained model's last layer scores each class as z_c = f . W_c + b_c on the pooled features f of
+the photo. A new class needs only a column of its own, and a good feature space already puts the
+photos of one flower close together. Imprinting takes the column from the photos' features:
+
+    w_new = W_mean + alpha * (m_new - m_mean),    b_new = b_mean
+
+where m_new is the mean of the new photos' L2-normalised features, m_mean the mean of the trained
+classes' such means (from the reference photos' bank), W_mean and b_mean the trained columns' mean,
+and alpha the one number that maps class means onto trained columns best (least squares over the
+trained classes: sum <W_c - W_mean, m_c - m_mean> / sum |m_c - m_mean|^2). So the new column sits
+with the trained ones: the same shared part, its own part scaled as theirs are. No gradient step:
+a matrix product over the bank, milliseconds.
+
+The served network is left as it is. The `.tflite` returns the trained classes' probabilities and
+the pooled features of the same pass; the taught classes' logits come from those features, and
+
+    p_taught = exp(z_taught - L),    p_trained' = p_trained * exp(L_trained - L)
+
+with L_trained = logsumexp(f . W + b) over the trained classes and L over all of them: exactly the
+softmax over the widened layer, without re-exporting the model (which would need TensorFlow and a
+forward pass of the same photos again). The cost: a taught class has no class activation map.
+
+This module owns that arithmetic and the arrays it reads from a model folder's OOD_FILE: the trained
+classifier's kernel and bias (calibrate writes them) and the taught classes' columns. Where the
+taught photos go (the bank, the thumbnails) and the refusals are core.py's (`Classifier.teach`)
+and teach.py's (a new model folder). It imports only errors.py and model_files.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flower_demo.errors import FlowerDemoError, first_line
+
+# OOD_FILE's arrays: the trained dense layer (the energy rule's statistics are these too) and the
+# taught classes' columns, in the order their names follow the trained ones in metadata.json.
+KERNEL, BIAS = "kernel", "bias"
+TAUGHT_KERNEL, TAUGHT_BIAS = "taught_kernel", "taught_bias"
+TAUGHT_KEY = "taught"  # metadata.json: the taught classes, by name, with how many photos each
+MIN_PHOTOS = 3  # fewer readable photos than this: refused (one photo is a guess, not a class)
+MAX_PHOTOS = 20  # more adds little; the page takes at most this many
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    """log sum exp along the last axis, in float64, stable."""
+    z = np.asarray(z, dtype=np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    return (top + np.log(np.exp(z - top).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def unit(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (float32)."""
+    features = np.asarray(features, dtype=np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The trained classifier, z = features @ kernel + bias, with its classes' mean features."""
+
+    kernel: np.ndarray  # (d, classes) float32
+    bias: np.ndarray  # (classes,) float32
+    class_means: np.ndarray  # (classes, d): mean L2-normalised training features of each class
+    present: np.ndarray  # (classes,) bool: the classes with photos in the bank (the others' means are 0)
+
+    @classmethod
+    def fit(cls, kernel: np.ndarray, bias: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> Head:
+        """The head with its class means from the bank (unit rows) and its rows' class indices."""
+        kernel, bias = np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
+        classes = kernel.shape[1]
+        labels = np.asarray(labels, np.int64)
+        kept = labels < classes  # the trained classes' rows (taught ones come after)
+        counts = np.bincount(labels[kept], minlength=classes)
+        sums = np.zeros((classes, kernel.shape[0]), np.float64)
+        np.add.at(sums, labels[kept], np.asarray(bank, np.float64)[kept])
+        means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        return cls(kernel, bias, means, counts > 0)
+
+    def imprint(self, features: np.ndarray) -> tuple[np.ndarray, float]:
+        """The column (d,) and bias of a new class from its photos' pooled features (n, d)."""
+        means = self.class_means[self.present]
+        centre = means.mean(axis=0)
+        spread = means - centre
+        columns = self.kernel.T[self.present] - self.kernel.T[self.present].mean(axis=0)
+        alpha = float((columns * spread).sum() / max(float((spread**2).sum()), 1e-12))
+        new_mean = unit(features).mean(axis=0)
+        column = self.kernel.mean(axis=1) + alpha * (new_mean - centre)
+        return column.astype(np.float32), float(self.bias.mean())
+
+    def trained_logsumexp(self, features: np.ndarray) -> np.ndarray:
+        """logsumexp of the trained classes' logits, per row of pooled features."""
+        return logsumexp(np.asarray(features, np.float32) @ self.kernel + self.bias)
+
+
+@dataclass(frozen=True)
+class Taught:
+    """Classes added to a trained model by imprinting: their names and classifier columns."""
+
+    names: tuple[str, ...]
+    kernel: np.ndarray  # (d, taught) float32
+    bias: np.ndarray  # (taught,) float32
+
+    def with_class(self, name: str, column: np.ndarray, bias: float) -> Taught:
+        """These classes and one more."""
+        column = np.asarray(column, np.float32)[:, None]
+        return Taught(
+            (*self.names, name),
+            np.concatenate([self.kernel, column], axis=1) if self.names else column,
+            np.append(self.bias, np.float32(bias)).astype(np.float32),
+        )
+
+    @classmethod
+    def none(cls, dim: int) -> Taught:
+        return cls((), np.zeros((dim, 0), np.float32), np.zeros(0, np.float32))
+
+    def probabilities(self, probabilities: np.ndarray, features: np.ndarray, head: Head) -> np.ndarray:
+        """(n, trained + taught) probabilities: the softmax over the widened layer, from the trained
+        classes' probabilities and the pooled features of the same pass (see the module's text)."""
+        probabilities = np.asarray(probabilities, np.float64)
+        if not self.names:
+            return probabilities.astype(np.float32)
+        taught = np.asarray(features, np.float32) @ self.kernel + self.bias
+        trained = head.trained_logsumexp(features)
+        total = np.logaddexp(trained, logsumexp(taught))
+        widened = np.concatenate(
+            [probabilities * np.exp(trained - total)[:, None], np.exp(taught - total[:, None])], axis=1
+        )
+        return widened.astype(np.float32)
+
+
+def read_taught(path: Path, names: list[str], dim: int | None = None) -> Taught:
+    """The taught classes' columns stored in `path` (OOD_FILE) for the class `names` metadata.json
+    lists as taught (none: an empty Taught)."""
+    if not names:
+        return Taught.none(dim or 0)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            kernel = np.asarray(stored[TAUGHT_KERNEL], np.float32)
+            bias = np.asarray(stored[TAUGHT_BIAS], np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise FlowerDemoError(f"cannot read the taught classes' columns in {path}: {first_line(exc)}") from None
+    if kernel.ndim != 2 or kernel.shape[1] != len(names) or bias.shape != (len(names),):
+        raise FlowerDemoError(f"{path}: the taught columns {kernel.shape} do not fit {len(names)} taught classes")
+    return Taught(tuple(names), kernel, bias)
+
+
+def read_head(path: Path, bank: np.ndarray, labels: np.ndarray) -> Head:
+    """The trained classifier stored in `path` (OOD_FILE), with its class means from the bank."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            kernel = np.asarray(stored[KERNEL], np.float32)
+            bias = np.asarray(stored[BIAS], np.float32)
+    except KeyError:
+        raise FlowerDemoError(
+            f"{path} lacks the classifier's kernel and bias that teaching needs: re-run "
+            f"python -m flower_demo.calibrate --model {path.parent} --references-only"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise FlowerDemoError(f"cannot read {path}: {first_line(exc)}") from None
+    return Head.fit(kernel, bias, bank, labels)
