@@ -132,11 +132,15 @@ def measure(run: Path, data_dir: str, draws: int, dev: bool) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             if dev:  # the train photos not drawn: where the formula was settled
                 subset = {k: v[left_over] for k, v in raw_pool.items()}
-                taught_top1, accepted = top1(classifier, subset, [names[int(i)] for i in pool_labels[left_over]])
+                taught_top1, accepted = top1(
+                    classifier, subset, [names[int(i)] for i in pool_labels[left_over]]
+                )
             else:
                 taught_top1, accepted = top1(classifier, raw_scored, [names[int(i)] for i in scored_labels])
             after = top1(classifier, raw_old, old_names)[0]
-            runs.append({"taught_top1": taught_top1, "accepted": accepted, "old_top1": after, "seconds": seconds})
+            runs.append(
+                {"taught_top1": taught_top1, "accepted": accepted, "old_top1": after, "seconds": seconds}
+            )
         mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
         rows["shots"][shots] = {"draws": len(runs), "mean": mean, "runs": runs}
         print(
@@ -155,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="tree: where to write train92/")
     p.add_argument("--run", type=Path, help="measure: the run trained on train92/")
     p.add_argument("--draws", type=int, default=DRAWS, help="random draws per photo count (10 photos: 1)")
-    p.add_argument("--dev", action="store_true", help="score the held-out classes' undrawn train photos instead")
+    p.add_argument(
+        "--dev", action="store_true", help="score the held-out classes' undrawn train photos instead"
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     if args.step == "tree":

@@ -42,6 +42,7 @@ from PIL import Image
 
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, square_uint8
+from flower_demo.imprint import MAX_PHOTOS, MIN_PHOTOS, TAUGHT_KEY, Head, read_head, read_taught, unit
 from flower_demo.model_files import (  # what a model folder holds; core's callers use these names too
     CLASS_MAPS,
     FEATURES,
@@ -58,7 +59,6 @@ from flower_demo.model_files import (  # what a model folder holds; core's calle
     read_metadata,
     verify_file,
 )
-from flower_demo.imprint import MAX_PHOTOS, MIN_PHOTOS, TAUGHT_KEY, Head, Taught, read_head, read_taught, unit
 from flower_demo.neighbours import DEFAULT_NEIGHBOURS, References, read_references
 
 ENGINE_ENV = "FLOWER_DEMO_ENGINE"  # auto (default), litert or keras
@@ -518,7 +518,9 @@ class Classifier:
         outputs = dict(raw)
         if self.taught.names and len(outputs[PROBABILITIES]):
             head = self._head or self.head()
-            outputs[PROBABILITIES] = self.taught.probabilities(outputs[PROBABILITIES], outputs[FEATURES], head)
+            outputs[PROBABILITIES] = self.taught.probabilities(
+                outputs[PROBABILITIES], outputs[FEATURES], head
+            )
         if self.calibration is not None and len(outputs[PROBABILITIES]):
             outputs[PROBABILITIES] = self.calibration.probabilities(outputs[PROBABILITIES])
         return outputs
@@ -562,7 +564,9 @@ class Classifier:
         taught.references = self.references.with_rows(rows, self.num_classes, list(pixels))
         return taught
 
-    def teaching_photos(self, name: str, photos: Sequence[ImageLike], min_photos: int) -> tuple[str, np.ndarray]:
+    def teaching_photos(
+        self, name: str, photos: Sequence[ImageLike], min_photos: int
+    ) -> tuple[str, np.ndarray]:
         """The class name, tidied, and the readable photos as process_image arrays; one-line
         refusals for a name the model knows, a rule a new class does not fit, too few photos."""
         name = " ".join(str(name).split())

@@ -143,9 +143,13 @@ def read_taught(path: Path, names: list[str], dim: int | None = None) -> Taught:
             kernel = np.asarray(stored[TAUGHT_KERNEL], np.float32)
             bias = np.asarray(stored[TAUGHT_BIAS], np.float32)
     except (OSError, ValueError, KeyError) as exc:
-        raise FlowerDemoError(f"cannot read the taught classes' columns in {path}: {first_line(exc)}") from None
+        raise FlowerDemoError(
+            f"cannot read the taught classes' columns in {path}: {first_line(exc)}"
+        ) from None
     if kernel.ndim != 2 or kernel.shape[1] != len(names) or bias.shape != (len(names),):
-        raise FlowerDemoError(f"{path}: the taught columns {kernel.shape} do not fit {len(names)} taught classes")
+        raise FlowerDemoError(
+            f"{path}: the taught columns {kernel.shape} do not fit {len(names)} taught classes"
+        )
     return Taught(tuple(names), kernel, bias)
 
 

@@ -119,7 +119,9 @@ class References:
             {
                 "class_name": class_names[int(self.labels[row])],
                 "similarity": float(np.clip(similarity[i], 0.0, 1.0)),  # ReLU features: cosine >= 0
-                "image": thumbnail if isinstance(thumbnail := self.thumbnails[row], np.ndarray) else str(thumbnail),
+                "image": thumbnail
+                if isinstance(thumbnail := self.thumbnails[row], np.ndarray)
+                else str(thumbnail),
             }
             for i, row in zip(best, chosen)
         ]

@@ -35,7 +35,7 @@ import numpy as np
 from flower_demo import core, imprint, model_files, neighbours
 from flower_demo.errors import FlowerDemoError, exit_status
 from flower_demo.images import ImageLike, list_images
-from flower_demo.model_files import OOD_FILE, THUMBNAILS_DIR, TFLITE_FILE
+from flower_demo.model_files import OOD_FILE, TFLITE_FILE, THUMBNAILS_DIR
 
 METHOD = "weight imprinting (Qi, Brown and Lowe, CVPR 2018) on the pooled features; no training"
 
@@ -63,7 +63,9 @@ def taught_arrays(classifier: core.Classifier, source: Path, names: list[str]) -
         arrays = {name: stored[name] for name in stored.files}
     references = classifier.references
     new_rows = references.extra[-len(names) :]
-    arrays[neighbours.BANK] = np.concatenate([arrays[neighbours.BANK], new_rows.astype(arrays[neighbours.BANK].dtype)])
+    arrays[neighbours.BANK] = np.concatenate(
+        [arrays[neighbours.BANK], new_rows.astype(arrays[neighbours.BANK].dtype)]
+    )
     label = np.full(len(names), classifier.num_classes - 1, arrays[neighbours.LABELS].dtype)
     arrays[neighbours.LABELS] = np.concatenate([arrays[neighbours.LABELS], label])
     arrays[neighbours.PHOTOS] = np.concatenate([arrays[neighbours.PHOTOS], np.asarray(names, str)])
@@ -77,9 +79,13 @@ def check_out(source: Path, out: Path, overwrite: bool) -> bool:
     holds files already is refused unless `overwrite`."""
     same = out.resolve() == source.resolve()
     if same and not overwrite:
-        raise FlowerDemoError(f"--out {out} is the source model folder; pass --overwrite to change it in place")
+        raise FlowerDemoError(
+            f"--out {out} is the source model folder; pass --overwrite to change it in place"
+        )
     if not same and out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FlowerDemoError(f"--out {out} already holds files; choose an empty or new folder, or --overwrite")
+        raise FlowerDemoError(
+            f"--out {out} already holds files; choose an empty or new folder, or --overwrite"
+        )
     if out.exists() and not out.is_dir():
         raise FlowerDemoError(f"--out {out} is a file, not a folder")
     return same
@@ -117,11 +123,17 @@ def parser() -> argparse.ArgumentParser:
         description="Teach a model folder one more flower from a few photos (weight imprinting): "
         "a new model folder that serves it on LiteRT.",
     )
-    p.add_argument("photos", nargs="+", help=f"{imprint.MIN_PHOTOS} to {imprint.MAX_PHOTOS} photos of it, or folders")
-    p.add_argument("--model", default=str(model_files.SHIPPED_MODEL_DIR), help="model folder (default: weights/)")
+    p.add_argument(
+        "photos", nargs="+", help=f"{imprint.MIN_PHOTOS} to {imprint.MAX_PHOTOS} photos of it, or folders"
+    )
+    p.add_argument(
+        "--model", default=str(model_files.SHIPPED_MODEL_DIR), help="model folder (default: weights/)"
+    )
     p.add_argument("--name", required=True, help="the flower's name, as answers will give it")
     p.add_argument("--out", required=True, help="the new model folder to write")
-    p.add_argument("--overwrite", action="store_true", help="allow --out to be the source, or a folder with files")
+    p.add_argument(
+        "--overwrite", action="store_true", help="allow --out to be the source, or a folder with files"
+    )
     return p
 
 
@@ -129,12 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def work() -> None:
-        photos = [str(p) for item in args.photos for p in (list_images(item) if Path(item).is_dir() else [item])]
+        photos = [
+            str(p) for item in args.photos for p in (list_images(item) if Path(item).is_dir() else [item])
+        ]
         started = time.perf_counter()
         served = teach_folder(args.model, args.name, photos, args.out, args.overwrite)
         taught = served.metadata[imprint.TAUGHT_KEY]["classes"][-1]
+        seconds = time.perf_counter() - started
+        unread = len(photos) - taught["photos"]
+        skipped = f" ({unread} of the {len(photos)} could not be read)" if unread else ""
         print(
-            f"taught {taught['name']!r} from {taught['photos']} photos in {time.perf_counter() - started:.1f} s: "
+            f"taught {taught['name']!r} from {taught['photos']} photos{skipped} in {seconds:.1f} s: "
             f"{args.out} knows {served.num_classes} classes",
             file=sys.stderr,
         )

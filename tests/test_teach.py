@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE_PHOTOS, NON_FLOWER, REPO_ROOT, fixture_photos, flowers102_folder, run_module
 
-from flower_demo import FlowerDemoError, imprint, model_files
+from flower_demo import FlowerDemoError, imprint
 from flower_demo.core import Classifier, predict
 
 TAUGHT = "garden twin"  # a name the model does not know
@@ -28,7 +28,11 @@ def test_widened_probabilities_are_the_softmax_over_every_column():
     features = rng.random((4, 6)).astype(np.float32)
     kernel, bias = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
     head = imprint.Head.fit(kernel, bias, imprint.unit(rng.random((6, 6))), np.arange(6) % 3)
-    taught = imprint.Taught.none(6).with_class("x", rng.normal(size=6), 0.5).with_class("y", rng.normal(size=6), -1)
+    taught = (
+        imprint.Taught.none(6)
+        .with_class("x", rng.normal(size=6), 0.5)
+        .with_class("y", rng.normal(size=6), -1)
+    )
     logits = np.concatenate([features @ kernel + bias, features @ taught.kernel + taught.bias], axis=1)
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
@@ -108,8 +112,16 @@ def test_teach_command_writes_a_new_folder_that_serves_the_class(shipped_model_d
     source_files = {p.name: p.stat().st_mtime_ns for p in shipped_model_dir.iterdir()}
     classifier = Classifier(shipped_model_dir)
     out = tmp_path / "taught"
-    result = run_module("flower_demo.teach", "--model", shipped_model_dir, "--name", TAUGHT, "--out", out,
-                        *thumbnails_of(classifier, "rose", 5))
+    result = run_module(
+        "flower_demo.teach",
+        "--model",
+        shipped_model_dir,
+        "--name",
+        TAUGHT,
+        "--out",
+        out,
+        *thumbnails_of(classifier, "rose", 5),
+    )
     assert result.returncode == 0, result.stderr
     assert f"taught {TAUGHT!r} from 5 photos" in result.stderr
     metadata = json.loads((out / "metadata.json").read_text())
@@ -121,21 +133,42 @@ def test_teach_command_writes_a_new_folder_that_serves_the_class(shipped_model_d
     assert answer.returncode == 0, answer.stderr
     assert {c for c in json.loads(answer.stdout)[0]["class_names"]} == {"rose", TAUGHT}
 
-    second = run_module("flower_demo.teach", "--model", out, "--name", "second twin", "--out", tmp_path / "two",
-                        *thumbnails_of(classifier, "sunflower", 4))
+    second = run_module(
+        "flower_demo.teach",
+        "--model",
+        out,
+        "--name",
+        "second twin",
+        "--out",
+        tmp_path / "two",
+        *thumbnails_of(classifier, "sunflower", 4),
+    )
     assert second.returncode == 0, second.stderr
     two = Classifier(tmp_path / "two")
     assert two.class_names[-2:] == [TAUGHT, "second twin"]
-    assert predict(thumbnails_of(classifier, "sunflower", 6)[5], two, top_k=2).class_names[0] in {"sunflower", "second twin"}
+    assert predict(thumbnails_of(classifier, "sunflower", 6)[5], two, top_k=2).class_names[0] in {
+        "sunflower",
+        "second twin",
+    }
 
-    refused = run_module("flower_demo.teach", "--model", shipped_model_dir, "--name", "x", "--out",
-                         shipped_model_dir, *thumbnails_of(classifier, "rose", 3))
+    refused = run_module(
+        "flower_demo.teach",
+        "--model",
+        shipped_model_dir,
+        "--name",
+        "x",
+        "--out",
+        shipped_model_dir,
+        *thumbnails_of(classifier, "rose", 3),
+    )
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "is the source model folder; pass --overwrite" in refused.stderr
     assert {p.name: p.stat().st_mtime_ns for p in shipped_model_dir.iterdir()} == source_files
 
 
-def test_a_taught_folder_is_scored_on_the_datas_classes_and_checked_at_load(shipped_model_dir, tmp_path, capsys):
+def test_a_taught_folder_is_scored_on_the_datas_classes_and_checked_at_load(
+    shipped_model_dir, tmp_path, capsys
+):
     """evaluate on Flowers-102 data, which lacks the taught class: scored on the data's classes, an
     answer naming the taught class wrong (the figure is what the API's answers give). Then the
     folder's taught record no longer matching its class names is refused at load."""
