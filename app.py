@@ -12,6 +12,10 @@ forward pass: of the top species (Prediction.neighbours), or of any species for 
 away (Prediction.closest), titled so. The example photos are a gallery of thumbnails named by
 species; clicking one classifies it. The "Explain (Grad-CAM)" box is off by default; its overlay
 opens in a tab beside the photo and is a private event, computed only while the box is ticked.
+The "Teach it a new flower" tab takes a name and a few photos and teaches the model that flower
+by weight imprinting (flower_demo.imprint): the visitor's taught classifier is kept in their browser
+session's state only (never on disk, never seen by others, at most MAX_TAUGHT flowers), and their
+answers, reference photos included, come from it.
 Limits: uploads over MAX_FILE_SIZE are refused by Gradio before they reach this code, the upload
 cache is emptied on a schedule (CACHE_CLEANUP), and past MAX_QUEUE waiting requests the page and
 API answer "busy, try again" at once instead of queueing without end.
@@ -38,6 +42,7 @@ import gradio as gr
 from flower_demo.core import DEFAULT_TOP_K, Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
+from flower_demo.imprint import MAX_PHOTOS, MIN_PHOTOS
 from flower_demo.neighbours import DEFAULT_NEIGHBOURS
 
 TOP_K = DEFAULT_TOP_K  # the chart's rows: every one of the top five is shown, however small
@@ -70,6 +75,16 @@ REJECTION_REASONS = {
 }
 REJECTED = "The model's check for photos outside its species turned it away."  # any other rule
 CHART_ID = "species-chart"
+PHOTO_ID = "flower-photo"
+# Teaching (the "Teach it a new flower" tab): a visitor's taught flowers live in their browser
+# session's state only (a taught Classifier sharing the served one's model and bank), never on disk
+# and never seen by other visitors; at most MAX_TAUGHT each, forgotten TAUGHT_TTL seconds after the
+# session's last use or when it closes. Each holds at most MAX_PHOTOS feature rows and thumbnails
+# (about 40 KB a photo), so a session's taught flowers take at most a few MB.
+MAX_TAUGHT = 5
+TAUGHT_TTL = 3600
+TEACH_CONCURRENCY = 1  # teachings at once, in their own queue so they never hold up `/predict`
+NOTHING_TAUGHT = "No flower taught yet. What you teach stays in this browser tab, for you alone."
 EVIDENCE_ID, EXAMPLES_ID = "evidence", "examples"
 # The reference photos' titles: of the answer's species, or for a photo turned away, of any species;
 # each thumbnail's caption is its species and its similarity to the photo (cosine, 0..1).
@@ -133,12 +148,13 @@ class SpeciesChart(gr.Label):
         return super().postprocess(value)
 
 
-def verdict(prediction: Prediction) -> str:
+def verdict(prediction: Prediction, classifier: Classifier | None = None) -> str:
     """The answer in words, with the reason the page gives it: a photo the calibration's rule turns
     away is said to be none of the species, with that rule's reason (never its probability's); a
-    top-1 under LOW_CONFIDENCE is called a guess and says so; any other is stated as the answer."""
+    top-1 under LOW_CONFIDENCE is called a guess and says so; any other is stated as the answer.
+    `classifier`: the one that answered (a session's taught one), by default the served one."""
     name, probability = prediction.top1
-    known = len(CLASSIFIER.class_names)
+    known = len((classifier or CLASSIFIER).class_names)
     if not prediction.is_known:
         rule = CLASSIFIER.calibration.ood_rule if CLASSIFIER.calibration else ""
         reason = REJECTION_REASONS.get(rule, REJECTED)
@@ -158,22 +174,22 @@ def verdict(prediction: Prediction) -> str:
     return f"Most likely **{name}** ({probability:.0%})."
 
 
-def heading(prediction: Prediction) -> str:
+def heading(prediction: Prediction, classifier: Classifier | None = None) -> str:
     """What heads the chart: the species only when the verdict states it as the answer."""
     if not prediction.is_known:
-        return f"Not one of the {len(CLASSIFIER.class_names)} species"
+        return f"Not one of the {len((classifier or CLASSIFIER).class_names)} species"
     if prediction.top1[1] < LOW_CONFIDENCE:
         return "Not sure"
     return prediction.top1[0]
 
 
-def chart(prediction: Prediction) -> dict[str, Any]:
+def chart(prediction: Prediction, classifier: Classifier | None = None) -> dict[str, Any]:
     """The chart, as `/predict` returns it: {"label": heading, "confidences": [{label, confidence}]},
     every one of the prediction's top classes, best first (the page shows a row under 0.5% as "<1%").
     """
     rows = zip(prediction.class_names, prediction.probabilities)
     return {
-        "label": heading(prediction),
+        "label": heading(prediction, classifier),
         "confidences": [{"label": n, "confidence": float(p)} for n, p in rows],
     }
 
@@ -196,19 +212,61 @@ def release_memory() -> None:
         LIBC.malloc_trim(0)
 
 
-def classify(image: str | None) -> tuple[dict[str, Any] | None, str, gr.Gallery]:
+def classify(
+    image: str | None, taught: Classifier | None = None
+) -> tuple[dict[str, Any] | None, str, gr.Gallery]:
     """The `/predict` endpoint: the chart ({species: probability}, best first), the verdict and
-    the reference photos (the gallery: each thumbnail with its caption)."""
+    the reference photos (the gallery: each thumbnail with its caption). `taught`: the session's
+    classifier when its visitor taught it flowers (a State, not part of the API)."""
     release_memory()
     if image is None:
         return blank()[1:]
+    classifier = taught or CLASSIFIER
     try:
-        prediction = predict(image, CLASSIFIER, top_k=TOP_K, neighbours=DEFAULT_NEIGHBOURS)
+        prediction = predict(image, classifier, top_k=TOP_K, neighbours=DEFAULT_NEIGHBOURS)
     except FlowerDemoError as exc:
-        # A user's mistake, not a crash: no traceback, and the upload's own name, not the cache path.
-        message = str(exc).replace(image, Path(image).name)
-        raise gr.Error(message, print_exception=False) from None
-    return chart(prediction), verdict(prediction), evidence(prediction)
+        raise user_error(exc, [image]) from None
+    return chart(prediction, classifier), verdict(prediction, classifier), evidence(prediction)
+
+
+def user_error(exc: FlowerDemoError, uploads: list[str]) -> gr.Error:
+    """A user's mistake, not a crash: no traceback, and the uploads' own names, not cache paths."""
+    message = str(exc)
+    for path in uploads:
+        message = message.replace(path, Path(path).name)
+    return gr.Error(message, print_exception=False)
+
+
+def teach(name: str, photos: list[str] | None, taught: Classifier | None) -> tuple[Classifier, str]:
+    """The "Teach it" button: the session's classifier taught one more flower (imprint.py), and the
+    list of what this session has taught. Refusals are one readable message; the session keeps
+    what it had."""
+    current = taught or CLASSIFIER
+    if current.num_classes - CLASSIFIER.num_classes >= MAX_TAUGHT:
+        raise gr.Error(f"At most {MAX_TAUGHT} taught flowers per visit; reload the page to start again.")
+    photos = list(photos or [])
+    try:
+        learnt = current.teach(name or "", photos)
+    except FlowerDemoError as exc:
+        raise user_error(exc, photos) from None
+    return learnt, taught_list(learnt)
+
+
+def taught_list(taught: Classifier | None) -> str:
+    """What this session's visitor has taught, in words."""
+    names = [] if taught is None else taught.class_names[CLASSIFIER.num_classes :]
+    if not names:
+        return NOTHING_TAUGHT
+    listed = ", ".join(f"**{n}**" for n in names)
+    return (
+        f"Taught in this tab: {listed}. Answers on the first tab now include them, with the photos you "
+        f"gave as their evidence ({len(names)} of at most {MAX_TAUGHT})."
+    )
+
+
+def forget() -> tuple[None, str]:
+    """The "Forget them" button: back to the served model's species."""
+    return None, NOTHING_TAUGHT
 
 
 def blank() -> tuple[None, None, str, gr.Gallery]:
@@ -218,13 +276,17 @@ def blank() -> tuple[None, None, str, gr.Gallery]:
     return None, None, PROMPT, evidence(None)
 
 
-def pick_example(selected: gr.SelectData) -> tuple[str, dict[str, Any] | None, str, gr.Gallery]:
+def pick_example(
+    selected: gr.SelectData, taught: Classifier | None = None
+) -> tuple[str, dict[str, Any] | None, str, gr.Gallery]:
     """A click on an example's thumbnail: that photo in the photo box, and its answer."""
     photo = examples()[0][selected.index]
-    return photo, *classify(photo)
+    return photo, *classify(photo, taught)
 
 
-def explain(image: str | None, wanted: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def explain(
+    image: str | None, wanted: bool, taught: Classifier | None = None
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The Grad-CAM overlay of the top-1 species in its own tab beside the photo while the box is
     ticked (heatmap, Grad-CAM tab, tabs); nothing is computed, and the tab is hidden, otherwise.
 
@@ -234,8 +296,8 @@ def explain(image: str | None, wanted: bool) -> tuple[Any, dict[str, Any], dict[
     if not wanted or image is None:
         return hidden
     try:
-        heat = overlay(image, heatmap(image, CLASSIFIER))
-    except FlowerDemoError:
+        heat = overlay(image, heatmap(image, taught or CLASSIFIER))
+    except FlowerDemoError:  # unreadable, or a taught flower on top (it has no class activation map)
         return hidden
     return heat, gr.update(visible=True), gr.update(selected=GRADCAM_TAB)
 
@@ -351,90 +413,138 @@ whether a plant is edible, poisonous or safe for pets.
 """
 
 
+def classify_tab(taught: gr.State) -> None:
+    """The photo beside the chart, the verdict and the reference photos under it, the examples."""
+    with gr.Row(equal_height=True):
+        # The overlay gets a tab over the photo's place, so ticking Explain moves nothing below.
+        with gr.Tabs(selected=PHOTO_TAB) as tabs:
+            with gr.Tab("Photo", id=PHOTO_TAB):
+                image = FlowerPhoto(
+                    type="filepath",
+                    sources=["upload", "webcam", "clipboard"],
+                    label="Flower photo",
+                    height=360,
+                    elem_id=PHOTO_ID,
+                )
+            with gr.Tab("Grad-CAM", id=GRADCAM_TAB, visible=False) as gradcam_tab:
+                heatmap = gr.Image(
+                    label="Grad-CAM of the top species",
+                    type="pil",
+                    interactive=False,
+                    height=360,
+                    elem_id="gradcam",
+                )
+        with gr.Column():
+            chart_box = SpeciesChart(
+                num_top_classes=TOP_K, label="Answer, and the closest species", elem_id=CHART_ID
+            )
+            answer = gr.Markdown(PROMPT, label="Verdict")
+            photos_like = gr.Gallery(
+                label=EVIDENCE_TITLE,
+                visible=False,
+                columns=DEFAULT_NEIGHBOURS,
+                object_fit="cover",
+                interactive=False,
+                elem_id=EVIDENCE_ID,
+            )
+            explain_box = gr.Checkbox(
+                value=False,
+                label="Explain (Grad-CAM)",
+                info="Colour the parts of the photo the top answer rests on (red: most).",
+                visible=CLASSIFIER.explains,  # a TF-Hub backbone returns no class activation maps
+            )
+    # `input` fires once per upload, webcam shot, paste or clear; `change` fires twice when
+    # a photo replaces another (Gradio 6), and would classify it, or report its error, twice.
+    # The session's taught classifier is a State: not part of `/predict`'s API.
+    image.input(
+        classify,
+        inputs=[image, taught],
+        outputs=[chart_box, answer, photos_like],
+        api_name="predict",
+        show_progress="minimal",
+    ).failure(  # the error's toast is the one message: no broken image or old chart beside it
+        blank,
+        outputs=[image, chart_box, answer, photos_like],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
+    # `change` (unlike `input`) also fires when an example is loaded; the box starts it too.
+    gr.on(
+        triggers=[image.change, explain_box.change],
+        fn=explain,
+        inputs=[image, explain_box, taught],
+        outputs=[heatmap, gradcam_tab, tabs],
+        api_visibility="private",  # `/predict` stays the one endpoint
+        concurrency_id="explain",
+        concurrency_limit=EXPLAIN_CONCURRENCY,
+        show_progress="minimal",
+    )
+    photos, species = examples()
+    gallery = gr.Gallery(
+        value=list(zip(photos, species)),
+        label="Example photos, from the photos it learnt from (click one)",
+        object_fit="cover",
+        allow_preview=False,  # a click classifies the photo instead of enlarging it
+        interactive=False,
+        elem_id=EXAMPLES_ID,
+    )
+    # Setting the photo from here fires no `input` event, so this classifies it too; the
+    # photo's `change` event starts the Grad-CAM as for an upload.
+    gallery.select(
+        pick_example,
+        inputs=[taught],
+        outputs=[image, chart_box, answer, photos_like],
+        api_visibility="private",  # `/predict` stays the one endpoint
+        show_progress="minimal",
+    )
+
+
+def teach_tab(taught: gr.State) -> None:
+    """A name and a few photos of a flower the model does not know; taught in a second, for this
+    session only (imprint.py: no training)."""
+    gr.Markdown(
+        f"Give it the name of a flower it does not know and {MIN_PHOTOS} to {MAX_PHOTOS} photos of it. "
+        "It learns it in about a second, without training: the flower's classifier weights come from "
+        "the photos' features (weight imprinting). From then on, in this browser tab only, answers on "
+        "the first tab include it. Nothing is saved, and no other visitor sees it."
+    )
+    with gr.Row():
+        name = gr.Textbox(label="Name of the flower", max_length=60, elem_id="teach-name")
+        photos = gr.File(
+            file_count="multiple",
+            file_types=["image"],
+            type="filepath",
+            label=f"{MIN_PHOTOS} to {MAX_PHOTOS} photos of it",
+            elem_id="teach-photos",
+        )
+    with gr.Row():
+        button = gr.Button("Teach it", variant="primary", elem_id="teach-button")
+        reset = gr.Button("Forget them", elem_id="teach-forget")
+    listed = gr.Markdown(NOTHING_TAUGHT, elem_id="taught-list")
+    button.click(
+        teach,
+        inputs=[name, photos, taught],
+        outputs=[taught, listed],
+        api_visibility="private",  # `/predict` stays the one endpoint
+        concurrency_id="teach",
+        concurrency_limit=TEACH_CONCURRENCY,
+        show_progress="minimal",
+    )
+    reset.click(forget, outputs=[taught, listed], api_visibility="private", queue=False)
+
+
 def build_demo(max_queue: int = MAX_QUEUE, cache_cleanup: tuple[int, int] = CACHE_CLEANUP) -> gr.Blocks:
     """The page; `classify` is its only API event, so `/predict` is the only endpoint."""
     with gr.Blocks(title="Flower classifier", analytics_enabled=False, delete_cache=cache_cleanup) as demo:
         gr.Markdown("# Which flower is this?\nIts answer among 102 species, and the closest candidates.")
-        with gr.Row(equal_height=True):
-            # The overlay gets a tab over the photo's place, so ticking Explain moves nothing below.
-            with gr.Tabs(selected=PHOTO_TAB) as tabs:
-                with gr.Tab("Photo", id=PHOTO_TAB):
-                    image = FlowerPhoto(
-                        type="filepath",
-                        sources=["upload", "webcam", "clipboard"],
-                        label="Flower photo",
-                        height=360,
-                    )
-                with gr.Tab("Grad-CAM", id=GRADCAM_TAB, visible=False) as gradcam_tab:
-                    heatmap = gr.Image(
-                        label="Grad-CAM of the top species",
-                        type="pil",
-                        interactive=False,
-                        height=360,
-                        elem_id="gradcam",
-                    )
-            with gr.Column():
-                chart_box = SpeciesChart(
-                    num_top_classes=TOP_K, label="Answer, and the closest species", elem_id=CHART_ID
-                )
-                answer = gr.Markdown(PROMPT, label="Verdict")
-                photos_like = gr.Gallery(
-                    label=EVIDENCE_TITLE,
-                    visible=False,
-                    columns=DEFAULT_NEIGHBOURS,
-                    object_fit="cover",
-                    interactive=False,
-                    elem_id=EVIDENCE_ID,
-                )
-                explain_box = gr.Checkbox(
-                    value=False,
-                    label="Explain (Grad-CAM)",
-                    info="Colour the parts of the photo the top answer rests on (red: most).",
-                    visible=CLASSIFIER.explains,  # a TF-Hub backbone returns no class activation maps
-                )
-        # `input` fires once per upload, webcam shot, paste or clear; `change` fires twice when
-        # a photo replaces another (Gradio 6), and would classify it, or report its error, twice.
-        image.input(
-            classify,
-            inputs=image,
-            outputs=[chart_box, answer, photos_like],
-            api_name="predict",
-            show_progress="minimal",
-        ).failure(  # the error's toast is the one message: no broken image or old chart beside it
-            blank,
-            outputs=[image, chart_box, answer, photos_like],
-            api_visibility="private",
-            queue=False,
-            show_progress="hidden",
-        )
-        # `change` (unlike `input`) also fires when an example is loaded; the box starts it too.
-        gr.on(
-            triggers=[image.change, explain_box.change],
-            fn=explain,
-            inputs=[image, explain_box],
-            outputs=[heatmap, gradcam_tab, tabs],
-            api_visibility="private",  # `/predict` stays the one endpoint
-            concurrency_id="explain",
-            concurrency_limit=EXPLAIN_CONCURRENCY,
-            show_progress="minimal",
-        )
-        photos, species = examples()
-        gallery = gr.Gallery(
-            value=list(zip(photos, species)),
-            label="Example photos, from the photos it learnt from (click one)",
-            object_fit="cover",
-            allow_preview=False,  # a click classifies the photo instead of enlarging it
-            interactive=False,
-            elem_id=EXAMPLES_ID,
-        )
-        # Setting the photo from here fires no `input` event, so this classifies it too; the
-        # photo's `change` event starts the Grad-CAM as for an upload.
-        gallery.select(
-            pick_example,
-            outputs=[image, chart_box, answer, photos_like],
-            api_visibility="private",  # `/predict` stays the one endpoint
-            show_progress="minimal",
-        )
+        # This visitor's taught classifier (None: none taught): per browser session, in memory only.
+        taught = gr.State(None, time_to_live=TAUGHT_TTL)
+        with gr.Tabs():
+            with gr.Tab("Name a flower", id="classify"):
+                classify_tab(taught)
+            with gr.Tab("Teach it a new flower", id="teach"):
+                teach_tab(taught)
         gr.Markdown(about(CLASSIFIER.metadata, CLASSIFIER.class_names))
         with gr.Accordion(f"The {len(CLASSIFIER.class_names)} species", open=False):
             gr.Markdown(", ".join(sorted(CLASSIFIER.class_names)))

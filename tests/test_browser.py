@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+PHOTO_ID = "flower-photo"  # app.PHOTO_ID (the app module is imported by a fixture, not here)
 VIEWPORT = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 120_000  # a prediction on a busy 2-core machine, plus the page's own start-up
@@ -72,7 +73,7 @@ def open_page(playwright, url: str, viewport: dict[str, int] = VIEWPORT):
     page = browser.new_page(viewport=viewport)
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
-    page.get_by_test_id("file-upload").wait_for(state="attached")
+    photo_upload(page).wait_for(state="attached")
     return browser, page
 
 
@@ -96,8 +97,13 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
+def photo_upload(page):
+    """The photo box's file input (the teach tab has one of its own)."""
+    return page.locator(f"#{PHOTO_ID}").get_by_test_id("file-upload")
+
+
 def upload(page, path: Path) -> None:
-    page.get_by_test_id("file-upload").set_input_files(str(path))
+    photo_upload(page).set_input_files(str(path))
 
 
 def heading(page):
@@ -108,7 +114,16 @@ def shows_answer_for(app: ModuleType, page, photo: Path) -> None:
     from playwright.sync_api import expect
 
     expect(heading(page)).to_have_text(expected_heading(app, photo), timeout=WAIT_MS)
-    page.wait_for_load_state("networkidle")
+    settled(page)
+
+
+def settled(page) -> None:
+    """Every image on the page loaded and no event still running. (Not Playwright's "networkidle":
+    the page keeps a heartbeat connection open for the session's taught flowers, a gr.State.)"""
+    page.wait_for_function(
+        "() => [...document.images].every(i => i.complete)"
+        " && !document.querySelector('.progress-text, .eta-bar, .progress-bar')"
+    )
 
 
 def test_regression_photo_shows_its_species_atop_a_top5_chart_beside_it(
@@ -232,7 +247,7 @@ def test_explain_shows_the_overlay_without_moving_the_examples(app: ModuleType, 
     box = page.get_by_label("Explain (Grad-CAM)")
     box.check()
     expect(overlay).to_be_visible(timeout=WAIT_MS)
-    page.wait_for_load_state("networkidle")
+    settled(page)
     after = examples.bounding_box()
     assert abs(after["y"] - before["y"]) < 5, (before, after)
     page.screenshot(path=str(shots / "explain.png"), full_page=True)
@@ -271,7 +286,7 @@ def test_reference_photos_under_the_chart(
     page = page.context.browser.new_page(viewport=VIEWPORT if screen == "desktop" else PHONE)
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
-    page.get_by_test_id("file-upload").wait_for(state="attached")
+    photo_upload(page).wait_for(state="attached")
     try:
         for case, photo in cases.items():
             upload(page, photo)
@@ -294,6 +309,52 @@ def test_reference_photos_under_the_chart(
             page.screenshot(path=str(shots / f"reference_photos_{screen}_{case}.png"), full_page=True)
     finally:
         page.close()
+
+
+def test_a_taught_flower_is_seen_by_its_session_only(app: ModuleType, url: str, page, shots: Path) -> None:
+    """Two visitors: one teaches a flower (a name and five photos, here thumbnails of roses the model
+    learnt from, so the taught twin answers a rose photo beside rose); their next answers include
+    it, with the photos they gave as its evidence; the other visitor's answers never do."""
+    from playwright.sync_api import expect
+
+    if app.CLASSIFIER.references is None:
+        pytest.skip("the served model holds no reference photos (calibrate --references-only)")
+    rose, name = example("_rose"), "garden twin"
+    index = app.CLASSIFIER.class_names.index("rose")
+    rows = [i for i, label in enumerate(app.CLASSIFIER.references.labels) if label == index][:5]
+    photos = [str(app.CLASSIFIER.references.thumbnails[i]) for i in rows]
+    other = page.context.browser.new_context(viewport=VIEWPORT).new_page()  # a second visitor
+    other.set_default_timeout(WAIT_MS)
+    teacher = page.context.browser.new_context(viewport=VIEWPORT).new_page()
+    teacher.set_default_timeout(WAIT_MS)
+    try:
+        for visitor in (teacher, other):
+            visitor.goto(url)
+            photo_upload(visitor).wait_for(state="attached")
+        teacher.get_by_role("tab", name="Teach it a new flower").click()
+        teacher.locator("#teach-name textarea, #teach-name input").first.fill(name)
+        teacher.locator("#teach-photos").get_by_test_id("file-upload").set_input_files(photos)
+        expect(teacher.locator("#teach-photos")).to_contain_text(Path(photos[-1]).name)
+        teacher.locator("#teach-button").click()
+        expect(teacher.locator("#taught-list")).to_contain_text(f"Taught in this tab: {name}")
+        teacher.screenshot(path=str(shots / "teach_tab.png"), full_page=True)
+        teacher.get_by_role("tab", name="Name a flower").click()
+        taught = app.CLASSIFIER.teach(name, photos)
+        for visitor, classifier in ((teacher, taught), (other, app.CLASSIFIER)):
+            upload(visitor, rose)
+            direct = app.predict(rose, classifier, top_k=app.TOP_K)
+            expect(heading(visitor)).to_have_text(app.heading(direct, classifier))
+            rows = visitor.locator(f"#{app.CHART_ID} [data-testid$='-confidence-set']")
+            expect(rows).to_have_count(app.TOP_K)
+            for species in [*direct.class_names, name]:  # the taught one: in the teacher's chart only
+                row = visitor.locator(f"#{app.CHART_ID} [data-testid='{species}-confidence-set']")
+                expect(row).to_have_count(int(species in direct.class_names))
+        assert name in app.predict(rose, taught, top_k=app.TOP_K).class_names
+        assert name not in app.predict(rose, app.CLASSIFIER, top_k=app.TOP_K).class_names
+        teacher.screenshot(path=str(shots / "teach_answer.png"), full_page=True)
+    finally:
+        teacher.context.close()
+        other.context.close()
 
 
 def refresh_screenshot(path: Path = SCREENSHOT) -> Path:
