@@ -15,12 +15,17 @@ Once calibrated, `ood.npz` beside them holds the statistics of the "not one of t
 (for kNN, the normalised training features), applied to the pooled features of the same pass, and
 the reference photos (neighbours.py): the training photos most like the photo come with the answer.
 
+A classifier can also be taught a class it never trained on from a few photos
+(`Classifier.teach`, weight imprinting: imprint.py), in memory; a folder written by teach.py holds
+such classes too, and the taught classes' probabilities come from the same pooled features.
+
 This module owns the engines, the calibration and "not one of the classes" rule applied at run
-time, `Prediction`, `Classifier`, `process_image`, `predict` and `predict_batch`; what a model
-folder holds (file names, metadata, label maps) is model_files.py's. Everything else (training,
-evaluation, calibration fitting, export, the app, the benchmarks) imports it; it imports only
-errors.py, images.py, model_files.py and neighbours.py (and models.py, for the Keras engine, only
-when that engine is asked for; models.py does not import this module).
+time, `Prediction`, `Classifier` (teaching included), `process_image`, `predict` and
+`predict_batch`; what a model folder holds (file names, metadata, label maps) is model_files.py's.
+Everything else (training, evaluation, calibration fitting, export, the app, the benchmarks)
+imports it; it imports only errors.py, images.py, model_files.py, neighbours.py and imprint.py
+(and models.py, for the Keras engine, only when that engine is asked for; models.py does not
+import this module).
 """
 
 from __future__ import annotations

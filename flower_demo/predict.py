@@ -153,6 +153,8 @@ def figures(
     written = {}
     if args.explain:
         out = explain_path(args.explain, path, several)
+        if prediction.heatmap is None:  # a taught class on top (imprint.py): no activation map
+            raise FlowerDemoError(f"{path}: heatmap: {prediction.class_names[0]!r} was taught, not trained")
         try:
             save_overlay(path, out, prediction.heatmap)
         except FlowerDemoError as exc:
