@@ -259,8 +259,8 @@ def taught_list(taught: Classifier | None) -> str:
         return NOTHING_TAUGHT
     listed = ", ".join(f"**{n}**" for n in names)
     return (
-        f"Taught in this tab: {listed}. Answers on the "Name a flower" tab now include them, with the photos you "
-        f"gave as their evidence ({len(names)} of at most {MAX_TAUGHT})."
+        f"Taught in this tab: {listed}. Answers on the 'Name a flower' tab now include them, with "
+        f"the photos you gave as their evidence ({len(names)} of at most {MAX_TAUGHT})."
     )
 
 
@@ -507,7 +507,7 @@ def teach_tab(taught: gr.State) -> None:
         f"Give it the name of a flower it does not know and {MIN_PHOTOS} to {MAX_PHOTOS} photos of it. "
         "It learns it in about a second, without training: the flower's classifier weights come from "
         "the photos' features (weight imprinting). From then on, in this browser tab only, answers on "
-        "the \"Name a flower\" tab include it. Nothing is saved, and no other visitor sees it."
+        "the 'Name a flower' tab include it. Nothing is saved, and no other visitor sees it."
     )
     with gr.Row():
         name = gr.Textbox(label="Name of the flower", max_length=60, elem_id="teach-name")
