@@ -101,14 +101,15 @@ def reference_arrays(trained: Trained, thumbnails: list[str]) -> dict[str, np.nd
     """OOD_FILE's arrays of the reference photos: the kNN bank (the photos' L2-normalised
     features), each photo's class index and its thumbnail's file name; and the classifier's kernel
     and bias, which teaching a new class builds on (imprint.py)."""
-    head = trained.statistics["energy"]
-    return {
+    arrays = {
         neighbours.BANK: np.asarray(trained.statistics["knn"]["bank"], STATS_DTYPE),
         neighbours.LABELS: np.asarray(trained.labels, np.int16),
         neighbours.PHOTOS: np.asarray(thumbnails, dtype=str),
-        imprint.KERNEL: np.asarray(head["kernel"], STATS_DTYPE),
-        imprint.BIAS: np.asarray(head["bias"], STATS_DTYPE),
     }
+    head = trained.statistics.get("energy", {})  # the dense layer: the energy rule's statistics
+    if head:
+        arrays |= {name: np.asarray(head[name], STATS_DTYPE) for name in (imprint.KERNEL, imprint.BIAS)}
+    return arrays
 
 
 def write_calibration(
