@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from flower_demo import core, data, metrics
+from flower_demo import core, data
 from flower_demo.calibrate import rules, write_calibration
 from flower_demo.calibrate.folds import Trained, classifier_head, forward
 from flower_demo.core import FEATURES, OOD_FILE, PROBABILITIES
@@ -74,15 +74,14 @@ def prepare(run: Path, data_dir: str) -> None:
     on the kept classes' validation photos), written into the run folder."""
     classifier = core.Classifier(run, engine="litert")
     names = classifier.class_names
-    train_root = Path(str(classifier.metadata["data"]["train_source"]).split(":", 2)[1])
-    photos = [p for name in names for p in sorted((train_root / name).iterdir())]
-    labels = np.array([names.index(p.parent.name) for p in photos])
+    keep = {i for i in range(102) if i not in held_out_classes()}
+    photos, train_labels, all_names = split_of(data_dir, "train", keep)  # what train92/ links to
+    labels = np.array([names.index(all_names[int(i)]) for i in train_labels])  # matched by name
     features = forward(classifier.engine, photos)[FEATURES]
     statistics = rules.fit_statistics(features, labels, len(names), *classifier_head(run))
-    keep = {i for i in range(102) if i not in held_out_classes()}
-    val, val_labels, all_names = split_of(data_dir, "validation", keep)
+    val, val_labels, _ = split_of(data_dir, "validation", keep)
     outputs = forward(classifier.engine, val)
-    truth = metrics.class_columns(names, all_names, "the run", "the data")[val_labels]
+    truth = np.array([names.index(all_names[int(i)]) for i in val_labels])
     temperature = rules.fit_temperature(outputs[PROBABILITIES], truth)
     rule = rules.candidates(temperature, statistics)[f"knn, k={K}"]
     threshold = rules.keep_threshold(rules.scores(rule, outputs))
@@ -101,7 +100,8 @@ def top1(classifier: core.Classifier, raw: dict[str, np.ndarray], names: list[st
     """Top-1 of the photos whose true class names are `names`, among all the classifier's classes,
     and the share its rule accepts."""
     answered = classifier.answer(raw)
-    truth = np.array([classifier.class_names.index(n) for n in names])
+    # a class teaching refused is not among the classifier's: its photos are all answered wrong
+    truth = np.array([classifier.class_names.index(n) if n in classifier.class_names else -1 for n in names])
     known = classifier.calibration.is_known(answered[PROBABILITIES], raw[FEATURES])
     return float((answered[PROBABILITIES].argmax(axis=1) == truth).mean()), float(np.mean(known))
 
@@ -163,7 +163,16 @@ def all_ten(photos: Photos, shots: int, draws: int, dev: bool, rng: np.random.Ge
             raw, labels = photos.raw_scored, photos.scored_labels
         taught_top1, accepted = top1(classifier, raw, [photos.names[int(i)] for i in labels])
         after = top1(classifier, photos.raw_old, photos.old_names)[0]
-        runs.append({"taught_top1": taught_top1, "accepted": accepted, "old_top1": after, "seconds": seconds})
+        refused = len(photos.held) - (classifier.num_classes - photos.base.num_classes)
+        runs.append(
+            {
+                "taught_top1": taught_top1,
+                "accepted": accepted,
+                "old_top1": after,
+                "seconds": seconds,
+                "refused": refused,
+            }
+        )
     mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
     return {"draws": len(runs), "mean": mean, "runs": runs}
 
@@ -185,8 +194,18 @@ def one_at_a_time(photos: Photos, draws: int, dev: bool, rng: np.random.Generato
                 raw = subset(photos.raw_scored, rows)
             top, accepted = top1(taught, raw, [photos.names[c]] * len(rows))
             old = top1(taught, photos.raw_old, photos.old_names)[0]
-            results.append({"class": photos.names[c], "top1": top, "accepted": accepted, "old_top1": old})
-    mean = {key: float(np.mean([r[key] for r in results])) for key in ("top1", "accepted", "old_top1")}
+            refused = int(taught.num_classes == photos.base.num_classes)
+            results.append(
+                {
+                    "class": photos.names[c],
+                    "top1": top,
+                    "accepted": accepted,
+                    "old_top1": old,
+                    "refused": refused,
+                }
+            )
+    keys = ("top1", "accepted", "old_top1", "refused")
+    mean = {key: float(np.mean([r[key] for r in results])) for key in keys}
     return {"shots": SINGLE_SHOTS, "teachings": len(results), "mean": mean, "runs": results}
 
 
@@ -210,14 +229,15 @@ def measure(run: Path, data_dir: str, draws: int, dev: bool) -> dict[str, Any]:
         print(
             f"{shots:>2} photos ({result['draws']} draws): taught classes top-1 {mean['taught_top1']:.1%} "
             f"(accepted {mean['accepted']:.1%}); 92 classes {before:.1%} -> {mean['old_top1']:.1%}; "
-            f"teaching all 10: {mean['seconds']:.1f} s",
+            f"teaching all 10: {mean['seconds']:.1f} s; refused {mean['refused']:.1f} of 10",
             flush=True,
         )
     single = rows["one_at_a_time"] = one_at_a_time(photos, draws, dev, rng)
     mean = single["mean"]
     print(
         f"one class at a time from {SINGLE_SHOTS} photos ({single['teachings']} teachings): its photos "
-        f"named {mean['top1']:.1%} (accepted {mean['accepted']:.1%}); 92 classes -> {mean['old_top1']:.1%}",
+        f"named {mean['top1']:.1%} (accepted {mean['accepted']:.1%}); 92 classes -> {mean['old_top1']:.1%}; "
+        f"refused {mean['refused']:.1%}",
         flush=True,
     )
     return rows

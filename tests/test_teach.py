@@ -42,7 +42,8 @@ def test_widened_probabilities_are_the_softmax_over_every_column():
 
 def test_imprinting_a_trained_class_again_gives_its_own_column():
     """Where the trained columns are exactly shared part + alpha x (class mean - centre), the photos
-    of a trained class imprint that class's column: the scale is the head's own."""
+    of a trained class imprint that class's column, its own part times IMPRINT_SCALE: the head's
+    own scale."""
     rng = np.random.default_rng(1)
     bank = imprint.unit(rng.random((40, 8)))
     labels = np.arange(40) % 4
@@ -51,7 +52,8 @@ def test_imprinting_a_trained_class_again_gives_its_own_column():
     kernel = (shared[:, None] + 2.5 * (means - means.mean(axis=0)).T).astype(np.float32)
     head = imprint.Head.fit(kernel, np.full(4, 0.25, np.float32), bank, labels)
     column, bias = head.imprint(bank[labels == 2] * 7.0)  # raw features: their length does not matter
-    np.testing.assert_allclose(column, kernel[:, 2], atol=1e-5)
+    own = kernel.mean(axis=1) + imprint.IMPRINT_SCALE * (kernel[:, 2] - kernel.mean(axis=1))
+    np.testing.assert_allclose(column, own, atol=1e-5)
     assert bias == pytest.approx(0.25)
 
 
