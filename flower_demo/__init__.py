@@ -8,12 +8,15 @@ Where things live, from the bottom up (each file imports only files above it in 
 - errors.py    the one exception type users see, FlowerDemoError
 - images.py    decoding any user image into the model's input array (one path for everything)
 - model_files.py what a model folder holds: file names, metadata, label maps, output names
+- neighbours.py the reference photos beside an answer (the training photos most like it)
+- imprint.py   classes taught after training from a few photos (weight imprinting)
 - core.py      the serving core: engines (LiteRT by default, no TensorFlow), the
-               calibration rule, Prediction, Classifier, predict, predict_batch
+               calibration rule, Prediction, Classifier (and Classifier.teach), predict, predict_batch
 - metrics.py   the one scoring function (top-1, top-k, per-class, confusion matrix) and the ECE
 - report.py    where a model fails: the evaluation report (evaluate --report), predict's --plot
 - explain.py   heatmap overlays (from the forward pass) and the gradient Grad-CAM
 - predict.py   the command line (python -m flower_demo.predict); nothing imports it
+- teach.py     a model folder taught one more flower (python -m flower_demo.teach)
 - models.py    the Keras side: backbone registry, create_model, save/load, serving outputs, KerasEngine
 - data.py      labelled image sources (Flowers-102 folder, tensorflow_datasets, class folders)
 - evaluate.py  accuracy on a split, through the core (python -m flower_demo.evaluate)

@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped = f" ({unread} of the {len(photos)} could not be read)" if unread else ""
         print(
             f"taught {taught['name']!r} from {taught['photos']} photos{skipped} in {seconds:.1f} s: "
-            f"{args.out} knows {served.num_classes} classes",
-            file=sys.stderr,
+            f"{args.out} knows {served.num_classes} classes"
         )
 
     return exit_status(work)

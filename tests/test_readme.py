@@ -62,6 +62,8 @@ NOT_RUN = {
     "--backbone hub:": "downloads a TF-Hub module (no network in tests)",
     "KERAS_BACKEND=jax": "a run on a CUDA GPU; tests/test_jax.py runs the JAX backend on CPU",
     "flower_demo.train.outputs import ship": "writes into the repository's own weights/ (what --ship does)",
+    "benchmarks.held_out": "needs the Flowers-102 photos and a 30-minute run (figures: README)",
+    "WORK/train92": "the 30-minute run of the held-out-classes measurement (benchmarks.held_out)",
 }
 # What each command's output must show, by module.
 EXPECTED_OUTPUT = {
@@ -70,6 +72,7 @@ EXPECTED_OUTPUT = {
     "flower_demo.export": r"^(wrote \S+\.tflite|\S+\.tflite is up to date)",
     "flower_demo.calibrate": r"temperature",
     "flower_demo.train": r"saved \S+model\.keras",
+    "flower_demo.teach": r"^taught '.+' from \d+ photos",
 }
 
 

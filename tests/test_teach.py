@@ -125,7 +125,7 @@ def test_teach_command_writes_a_new_folder_that_serves_the_class(shipped_model_d
         *thumbnails_of(classifier, "rose", 5),
     )
     assert result.returncode == 0, result.stderr
-    assert f"taught {TAUGHT!r} from 5 photos" in result.stderr
+    assert result.stdout.startswith(f"taught {TAUGHT!r} from 5 photos in ")
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["class_names"][-1] == TAUGHT and len(metadata["class_names"]) == 103
     assert metadata["taught"]["classes"] == [{"name": TAUGHT, "photos": 5}]
