@@ -476,6 +476,14 @@ def test_split_options_need_official_splits(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_image_folder_trains_on_every_photo_with_no_validation(tiny_class_tree):
+    """--val-split none on a class-per-folder tree: every photo trains, nothing is held out."""
+    settings = dataclasses.replace(config.TrainConfig(), image_folder=str(tiny_class_tree), val_split="none")
+    assert splits.chosen_splits(settings) == (["train"], None)
+    train_part, val = splits.load_splits(settings)
+    assert val is None and len(train_part) == sum(1 for p in tiny_class_tree.rglob("*.png"))
+
+
 def test_official_splits_a_union_or_a_fold(tmp_path):
     """--train-splits train,validation --val-split none: the union, nothing scored; the second fold
     trains on validation and scores train; --max-per-class keeps the first N of each class."""
