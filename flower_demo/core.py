@@ -47,7 +47,16 @@ from PIL import Image
 
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, square_uint8
-from flower_demo.imprint import MAX_PHOTOS, MIN_PHOTOS, TAUGHT_KEY, Head, read_head, read_taught, unit
+from flower_demo.imprint import (
+    MIN_PHOTOS,
+    TAUGHT_KEY,
+    Head,
+    new_class_name,
+    read_head,
+    read_taught,
+    readable_photos,
+    unit,
+)
 from flower_demo.model_files import (  # what a model folder holds; core's callers use these names too
     CLASS_MAPS,
     FEATURES,
@@ -90,13 +99,6 @@ OOD_RULES: dict[str, tuple[str, ...]] = {
 }
 LOG_FLOOR = 1e-30  # probabilities are floored here before the log (float32 softmax can underflow to 0)
 EXTRA_BANK = "extra_bank"  # kNN statistics of photos taught in memory (Classifier.teach), after "bank"
-# Rules a taught class fits into as it is: the kNN bank takes the new photos; max_softmax needs nothing.
-TEACHABLE_RULES = ("knn", "max_softmax")
-# Photos to teach from must look like flowers: the median of their similarity to the closest
-# training photo must reach what this percentile of the training photos reach to their closest photo
-# of another species (a species the model never saw, as the photos of a new flower are). README,
-# "Teach it a flower it does not know", gives what it lets through.
-TEACH_PERCENTILE = 25
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -545,85 +547,34 @@ class Classifier:
                     f"{self.folder} holds no features of its training photos, which teaching needs: "
                     f"calibrate it first (python -m flower_demo.calibrate --model {self.folder})"
                 )
-            self._head = read_head(self.folder / OOD_FILE, self.references.bank, self.references.labels)
+            bank = self.references.bank  # the rows on disk (rows taught in memory follow as `extra`)
+            self._head = read_head(self.folder / OOD_FILE, bank, self.references.labels[: len(bank)])
         return self._head
 
     def teach(self, name: str, photos: Sequence[ImageLike], min_photos: int = MIN_PHOTOS) -> Classifier:
         """A new classifier that also knows the class `name`, imprinted from `photos` (imprint.py);
         this one is left unchanged, and nothing is written. The photos join the reference photos
-        and the kNN rule's bank, so that photos like them are accepted and shown beside answers."""
-        name, pixels = self.teaching_photos(name, photos, min_photos)
+        and the kNN rule's bank, so that photos like them are accepted and shown beside answers.
+        Refusals (imprint.py's checks) are one-line FlowerDemoErrors."""
+        rule = self.calibration.ood_rule if self.calibration else None
+        name = new_class_name(name, self.class_names, rule)
+        pixels = readable_photos(photos, self.image_size, min_photos)
+        head = self.head()
         features = self.engine(pixels.astype(np.float32)).get(FEATURES)
         if features is None:
             raise FlowerDemoError(f"{self.engine.path} returns no pooled features; re-export it")
-        self.check_like_training(features)
+        rows = unit(features)
+        head.check_like_training(np.array([self.references.similarity(row).max() for row in rows]))
         taught = copy.copy(self)
-        taught.taught = self.taught.with_class(name, *self.head().imprint(features))
-        taught._head = self.head()
+        taught.taught = self.taught.with_class(name, *head.imprint(features))
         taught.class_names = [*self.class_names, name]
         taught.num_classes = self.num_classes + 1
-        rows = unit(features)
-        if self.calibration is not None and self.calibration.ood_rule == "knn":
+        if rule == "knn":  # the new photos join the rule's bank, in memory
             stats = self.calibration.statistics
             extra = rows if EXTRA_BANK not in stats else np.concatenate([stats[EXTRA_BANK], rows])
             taught.calibration = replace(self.calibration, statistics={**stats, EXTRA_BANK: extra})
         taught.references = self.references.with_rows(rows, self.num_classes, list(pixels))
         return taught
-
-    def teaching_photos(
-        self, name: str, photos: Sequence[ImageLike], min_photos: int
-    ) -> tuple[str, np.ndarray]:
-        """The class name, tidied, and the readable photos as process_image arrays; one-line
-        refusals for a name the model knows, a rule a new class does not fit, too few photos."""
-        name = " ".join(str(name).split())
-        if not name:
-            raise FlowerDemoError("give the new flower a name")
-        if name.casefold() in {known.casefold() for known in self.class_names}:
-            raise FlowerDemoError(f"the model already knows {name!r}; choose another name")
-        rule = self.calibration.ood_rule if self.calibration else None
-        if rule is not None and rule not in TEACHABLE_RULES:
-            raise FlowerDemoError(
-                f"a taught class does not fit this model's {rule} rule; calibrate it with --rule knn"
-            )
-        if len(photos) > MAX_PHOTOS:
-            raise FlowerDemoError(f"at most {MAX_PHOTOS} photos teach a flower, got {len(photos)}")
-        readable, problems = [], []
-        for photo in photos:
-            try:
-                readable.append(square_uint8(photo, self.image_size))
-            except FlowerDemoError as exc:
-                problems.append(str(exc))
-        if len(readable) < min_photos:
-            unread = f" ({len(problems)} could not be read: {problems[0]})" if problems else ""
-            raise FlowerDemoError(
-                f"teaching needs at least {min_photos} readable photos, got {len(readable)}{unread}"
-            )
-        return name, np.stack(readable)
-
-    def check_like_training(self, features: np.ndarray) -> None:
-        """Refuse photos that look like nothing the model learnt from (TEACH_PERCENTILE)."""
-        if self.references is None:
-            self.head()  # raises: no bank to compare with
-        closest = np.median([self.references.similarity(row).max() for row in unit(features)])
-        floor = self.teaching_floor()
-        if closest < floor:
-            raise FlowerDemoError(
-                f"these photos look like nothing the model learnt from (their closest training photos are "
-                f"{closest:.2f} similar; a flower it never saw is usually over {floor:.2f}): teach it flowers"
-            )
-
-    def teaching_floor(self) -> float:
-        """TEACH_PERCENTILE of the trained bank rows' similarity to their closest row of another
-        class, computed once (a 2,040-row bank: about a quarter of a second)."""
-        if getattr(self, "_floor", None) is None:
-            bank, labels = self.references.bank, self.references.labels[: len(self.references.bank)]
-            closest = np.empty(len(bank), np.float32)
-            for start in range(0, len(bank), 512):  # a block of rows at a time: bounded memory
-                similarity = bank[start : start + 512] @ bank.T
-                similarity[labels[start : start + 512, None] == labels[None, :]] = -1.0
-                closest[start : start + 512] = similarity.max(axis=1)
-            self._floor = float(np.percentile(closest, TEACH_PERCENTILE))
-        return self._floor
 
     def check_top_k(self, top_k: int | None) -> int:
         """`top_k` if it is a valid class count; None means DEFAULT_TOP_K (or all, if fewer)."""

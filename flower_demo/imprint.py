@@ -24,26 +24,36 @@ with L_trained = logsumexp(f . W + b) over the trained classes and L over all of
 softmax over the widened layer, without re-exporting the model (which would need TensorFlow and a
 forward pass of the same photos again). The cost: a taught class has no class activation map.
 
-This module owns that arithmetic and the arrays it reads from a model folder's OOD_FILE: the trained
-classifier's kernel and bias (calibrate writes them) and the taught classes' columns. Where the
-taught photos go (the bank, the thumbnails) and the refusals are core.py's (`Classifier.teach`)
-and teach.py's (a new model folder). It imports only errors.py and model_files.py.
+This module owns that arithmetic, the checks a teaching must pass (a new name, enough readable
+photos, photos that look like flowers) and the arrays it reads from a model folder's OOD_FILE: the
+trained classifier's kernel and bias (calibrate writes them) and the taught classes' columns.
+Where the taught photos go (the bank, the thumbnails) is core.py's (`Classifier.teach`, in memory)
+and teach.py's (a new model folder). It imports only errors.py and images.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flower_demo.errors import FlowerDemoError, first_line
+from flower_demo.images import ImageLike, square_uint8
 
 # OOD_FILE's arrays: the trained dense layer (the energy rule's statistics are these too) and the
 # taught classes' columns, in the order their names follow the trained ones in metadata.json.
 KERNEL, BIAS = "kernel", "bias"
 TAUGHT_KERNEL, TAUGHT_BIAS = "taught_kernel", "taught_bias"
 TAUGHT_KEY = "taught"  # metadata.json: the taught classes, by name, with how many photos each
+# Rules a taught class fits into as it is: the kNN bank takes the new photos; max_softmax needs nothing.
+TEACHABLE_RULES = ("knn", "max_softmax")
+# Photos to teach from must look like flowers: the median of their similarity to the closest
+# training photo must reach what this percentile of the training photos reach to their closest photo
+# of another species (a species the model never saw, as the photos of a new flower are). README,
+# "Teach it a flower it does not know", gives what it lets through.
+TEACH_PERCENTILE = 25
 MIN_PHOTOS = 3  # fewer readable photos than this: refused (one photo is a guess, not a class)
 MAX_PHOTOS = 20  # more adds little; the page takes at most this many
 IMPRINT_SCALE = 1.2  # the new column's own part against alpha's (module text)
@@ -70,6 +80,7 @@ class Head:
     bias: np.ndarray  # (classes,) float32
     class_means: np.ndarray  # (classes, d): mean L2-normalised training features of each class
     present: np.ndarray  # (classes,) bool: the classes with photos in the bank (the others' means are 0)
+    floor: float  # the similarity photos to teach from must reach (TEACH_PERCENTILE, check_like_training)
 
     @classmethod
     def fit(cls, kernel: np.ndarray, bias: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> Head:
@@ -82,7 +93,18 @@ class Head:
         sums = np.zeros((classes, kernel.shape[0]), np.float64)
         np.add.at(sums, labels[kept], np.asarray(bank, np.float64)[kept])
         means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        return cls(kernel, bias, means, counts > 0)
+        return cls(kernel, bias, means, counts > 0, teaching_floor(np.asarray(bank)[kept], labels[kept]))
+
+    def check_like_training(self, closest: np.ndarray) -> None:
+        """Refuse photos that look like nothing the model learnt from: the median of their
+        similarity to the closest training photo (`closest`, one per photo) under `floor`."""
+        median = float(np.median(closest))
+        if median < self.floor:
+            raise FlowerDemoError(
+                "these photos look like nothing the model learnt from (their closest training photos are "
+                f"{median:.2f} similar; a flower it never saw is usually over {self.floor:.2f}): "
+                "teach it flowers"
+            )
 
     def imprint(self, features: np.ndarray) -> tuple[np.ndarray, float]:
         """The column (d,) and bias of a new class from its photos' pooled features (n, d)."""
@@ -134,6 +156,52 @@ class Taught:
             [probabilities * np.exp(trained - total)[:, None], np.exp(taught - total[:, None])], axis=1
         )
         return widened.astype(np.float32)
+
+
+def teaching_floor(bank: np.ndarray, labels: np.ndarray) -> float:
+    """TEACH_PERCENTILE of the bank rows' similarity to their closest row of another class (a
+    2,040-row bank: about a fifth of a second, a block of rows at a time to bound the memory)."""
+    bank = np.asarray(bank, np.float32)
+    closest = np.empty(len(bank), np.float32)
+    for start in range(0, len(bank), 512):
+        similarity = bank[start : start + 512] @ bank.T
+        similarity[labels[start : start + 512, None] == labels[None, :]] = -1.0
+        closest[start : start + 512] = similarity.max(axis=1)
+    return float(np.percentile(closest, TEACH_PERCENTILE))
+
+
+def new_class_name(name: str, known: list[str], rule: str | None) -> str:
+    """The name tidied (spacing); refused in one line when empty, already known (case aside), or
+    when the model's "not one of the classes" `rule` cannot take a new class."""
+    name = " ".join(str(name).split())
+    if not name:
+        raise FlowerDemoError("give the new flower a name")
+    if name.casefold() in {k.casefold() for k in known}:
+        raise FlowerDemoError(f"the model already knows {name!r}; choose another name")
+    if rule is not None and rule not in TEACHABLE_RULES:
+        raise FlowerDemoError(
+            f"a taught class does not fit this model's {rule} rule; calibrate it with --rule knn"
+        )
+    return name
+
+
+def readable_photos(photos: Sequence[ImageLike], size: int, min_photos: int = MIN_PHOTOS) -> np.ndarray:
+    """The photos that decode, as (n, size, size, 3) uint8 model inputs; refused in one line when
+    more than MAX_PHOTOS are given or fewer than `min_photos` can be read (with the first reason)."""
+    if len(photos) > MAX_PHOTOS:
+        raise FlowerDemoError(f"at most {MAX_PHOTOS} photos teach a flower, got {len(photos)}")
+    readable, problems = [], []
+    for photo in photos:
+        try:
+            readable.append(square_uint8(photo, size))
+        except FlowerDemoError as exc:
+            problems.append(str(exc))
+    if len(readable) < min_photos:
+        unread = f" ({len(problems)} could not be read: {problems[0]})" if problems else ""
+        raise FlowerDemoError(
+            f"teaching needs at least {min_photos} readable photos, got {len(readable)}{unread}"
+        )
+    return np.stack(readable)
 
 
 def read_taught(path: Path, names: list[str], dim: int | None = None) -> Taught:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,23 @@ def test_a_taught_folder_is_scored_on_the_datas_classes_and_checked_at_load(
     (out / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(FlowerDemoError, match="not the last of its class_names"):
         Classifier(out)
+
+
+def test_overwrite_teaches_the_folder_in_place_and_keeps_its_models(shipped_model_dir, tmp_path):
+    """--overwrite on the source itself (a copy here): one class more, its model.keras and model.tflite
+    kept and still vouched for; without it the same call is refused before anything is written."""
+    from flower_demo.teach import teach_folder
+
+    folder = tmp_path / "copy"
+    shutil.copytree(shipped_model_dir, folder)
+    roses = thumbnails_of(Classifier(folder), "rose", 3)
+    with pytest.raises(FlowerDemoError, match="is the source model folder"):
+        teach_folder(folder, TAUGHT, roses, folder)
+    served = teach_folder(folder, TAUGHT, roses, folder, overwrite=True)
+    assert served.class_names[-1] == TAUGHT and (folder / "model.keras").is_file()
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert set(metadata["files"]) == {"model.keras", "model.tflite", "ood.npz", "thumbnails"}
+    assert (
+        len(list((folder / "thumbnails").iterdir()))
+        == len(list((shipped_model_dir / "thumbnails").iterdir())) + 3
+    )
