@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,16 @@ def jax_runs(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path) -
         pytest.skip(NO_JAX)
     root = tmp_path_factory.mktemp("jax")
     runs = {}
-    for devices in (1, 2):
-        extra = ["--devices", devices] + (["--no-export"] if devices == 2 else [])
-        result = jax_train(tiny_class_tree, mobilenet_weights, root / f"on{devices}", *extra)
+    with ThreadPoolExecutor(2) as pool:  # both at once: much of each is XLA compiling, one core each
+        started = {
+            devices: pool.submit(
+                jax_train, tiny_class_tree, mobilenet_weights, root / f"on{devices}", "--devices", devices,
+                *(["--no-export"] if devices == 2 else []),
+            )
+            for devices in (1, 2)
+        }  # fmt: skip
+    for devices, future in started.items():
+        result = future.result()
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         runs[devices] = (root / f"on{devices}", result.stdout)
