@@ -98,7 +98,9 @@ OOD_RULES: dict[str, tuple[str, ...]] = {
     "knn": ("bank",),
 }
 LOG_FLOOR = 1e-30  # probabilities are floored here before the log (float32 softmax can underflow to 0)
-EXTRA_BANK = "extra_bank"  # kNN statistics of photos taught in memory (Classifier.teach), after "bank"
+# kNN rows beyond "bank" (which the reference photos share): the mirror images of taught photos
+# (imprint.py), on disk and in memory, and in memory the taught photos themselves (Classifier.teach).
+EXTRA_BANK = "extra_bank"
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -205,7 +207,11 @@ def read_ood_statistics(path: Path, rule: str, k: int, num_classes: int) -> dict
             missing = [name for name in OOD_RULES[rule] if name not in stored.files]
             if missing:
                 raise FlowerDemoError(f"{path} lacks the {rule} rule's array {missing[0]!r}")
-            stats = {name: np.asarray(stored[name], dtype=np.float32) for name in OOD_RULES[rule]}
+            names = [
+                *OOD_RULES[rule],
+                *([EXTRA_BANK] if rule == "knn" and EXTRA_BANK in stored.files else []),
+            ]
+            stats = {name: np.asarray(stored[name], dtype=np.float32) for name in names}
     except FlowerDemoError:
         raise
     except (OSError, ValueError) as exc:
@@ -218,7 +224,8 @@ def read_ood_statistics(path: Path, rule: str, k: int, num_classes: int) -> dict
         w, m = shapes["whitening"], shapes["means"]
         ok = len(w) == 2 and len(m) == 2 and 1 <= m[0] <= num_classes and m[1] == w[1]
     else:
-        ok = len(shapes["bank"]) == 2 and 1 <= k <= shapes["bank"][0]
+        extra = shapes.get(EXTRA_BANK, (0, shapes["bank"][-1]))
+        ok = len(shapes["bank"]) == 2 and 1 <= k <= shapes["bank"][0] and extra[1:] == shapes["bank"][1:]
     if not ok or not all(np.isfinite(a).all() for a in stats.values()):
         raise FlowerDemoError(
             f"{path} does not fit the {rule} rule of a {num_classes}-class model (k={k}): shapes {shapes}"
@@ -553,27 +560,32 @@ class Classifier:
 
     def teach(self, name: str, photos: Sequence[ImageLike], min_photos: int = MIN_PHOTOS) -> Classifier:
         """A new classifier that also knows the class `name`, imprinted from `photos` (imprint.py);
-        this one is left unchanged, and nothing is written. The photos join the reference photos
-        and the kNN rule's bank, so that photos like them are accepted and shown beside answers.
+        this one is left unchanged, and nothing is written. Each photo counts with its mirror
+        image (a flower seen from the other side): both shape the new column and join the kNN
+        rule's bank, so that photos like them are accepted; the photos themselves join the
+        reference photos shown beside answers.
         Refusals (imprint.py's checks) are one-line FlowerDemoErrors."""
         rule = self.calibration.ood_rule if self.calibration else None
         name = new_class_name(name, self.class_names, rule)
         pixels = readable_photos(photos, self.image_size, min_photos)
         head = self.head()
-        features = self.engine(pixels.astype(np.float32)).get(FEATURES)
+        views = np.concatenate([pixels, pixels[:, :, ::-1]])  # each photo and its mirror image
+        features = self.engine(views.astype(np.float32)).get(FEATURES)
         if features is None:
             raise FlowerDemoError(f"{self.engine.path} returns no pooled features; re-export it")
-        rows = unit(features)
-        head.check_like_training(np.array([self.references.similarity(row).max() for row in rows]))
+        rows = unit(features)  # the photos' rows, then their mirror images'
+        head.check_like_training(
+            np.array([self.references.similarity(row).max() for row in rows[: len(pixels)]])
+        )
         taught = copy.copy(self)
         taught.taught = self.taught.with_class(name, *head.imprint(features))
         taught.class_names = [*self.class_names, name]
         taught.num_classes = self.num_classes + 1
-        if rule == "knn":  # the new photos join the rule's bank, in memory
+        if rule == "knn":  # the photos and their mirror images join the rule's bank, in memory
             stats = self.calibration.statistics
             extra = rows if EXTRA_BANK not in stats else np.concatenate([stats[EXTRA_BANK], rows])
             taught.calibration = replace(self.calibration, statistics={**stats, EXTRA_BANK: extra})
-        taught.references = self.references.with_rows(rows, self.num_classes, list(pixels))
+        taught.references = self.references.with_rows(rows[: len(pixels)], self.num_classes, list(pixels))
         return taught
 
     def check_top_k(self, top_k: int | None) -> int:

@@ -6,7 +6,8 @@ photos of one flower close together. Imprinting takes the column from the photos
 
     w_new = W_mean + IMPRINT_SCALE * alpha * (m_new - m_mean),    b_new = b_mean
 
-where m_new is the mean of the new photos' L2-normalised features, m_mean the mean of the trained
+where m_new is the mean of the new photos' L2-normalised features (each photo with its mirror
+image: Classifier.teach), m_mean the mean of the trained
 classes' such means (from the reference photos' bank), W_mean and b_mean the trained columns' mean,
 and alpha the one number that maps class means onto trained columns best (least squares over the
 trained classes: sum <W_c - W_mean, m_c - m_mean> / sum |m_c - m_mean|^2). So the new column sits

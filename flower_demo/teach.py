@@ -58,7 +58,8 @@ def taught_metadata(classifier: core.Classifier, source: dict[str, Any], photos:
 
 def taught_arrays(classifier: core.Classifier, source: Path, names: list[str]) -> dict[str, np.ndarray]:
     """The source's OOD_FILE arrays with the new photos' rows added to the bank (and its labels and
-    thumbnail names), and the taught classes' columns."""
+    thumbnail names), their mirror images' to the kNN rule's extra rows, and the taught classes'
+    columns."""
     with np.load(source / OOD_FILE, allow_pickle=False) as stored:
         arrays = {name: stored[name] for name in stored.files}
     references = classifier.references
@@ -71,6 +72,11 @@ def taught_arrays(classifier: core.Classifier, source: Path, names: list[str]) -
     arrays[neighbours.PHOTOS] = np.concatenate([arrays[neighbours.PHOTOS], np.asarray(names, str)])
     arrays[imprint.TAUGHT_KERNEL] = classifier.taught.kernel
     arrays[imprint.TAUGHT_BIAS] = classifier.taught.bias
+    statistics = classifier.calibration.statistics if classifier.calibration else {}
+    if core.EXTRA_BANK in statistics:  # the kNN rule's rows beyond the bank: the mirror images
+        mirrors = statistics[core.EXTRA_BANK][-len(names) :].astype(arrays[neighbours.BANK].dtype)
+        before = arrays.get(core.EXTRA_BANK, mirrors[:0])
+        arrays[core.EXTRA_BANK] = np.concatenate([before, mirrors])
     return arrays
 
 
