@@ -19,7 +19,7 @@ import pytest
 from helpers import EXAMPLE_PHOTOS, NON_FLOWER, REPO_ROOT, fixture_photos, flowers102_folder, run_module
 
 from flower_demo import FlowerDemoError, imprint
-from flower_demo.core import Classifier, predict
+from flower_demo.core import EXTRA_BANK, Classifier, predict
 
 TAUGHT = "garden twin"  # a name the model does not know
 
@@ -135,6 +135,10 @@ def test_teach_command_writes_a_new_folder_that_serves_the_class(shipped_model_d
     answer = run_module("flower_demo.predict", rose, "--model", out, "--top_k", "2", "--json")
     assert answer.returncode == 0, answer.stderr
     assert {c for c in json.loads(answer.stdout)[0]["class_names"]} == {"rose", TAUGHT}
+
+    served = Classifier(out)  # the photos in the bank, their mirror images in the rule's extra rows
+    assert len(served.references.bank) == len(classifier.references.bank) + 5
+    assert served.calibration.statistics[EXTRA_BANK].shape == (5, classifier.references.bank.shape[1])
 
     second = run_module(
         "flower_demo.teach",
