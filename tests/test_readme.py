@@ -73,6 +73,7 @@ EXPECTED_OUTPUT = {
     "flower_demo.calibrate": r"temperature",
     "flower_demo.train": r"saved \S+model\.keras",
     "flower_demo.teach": r"^taught '.+' from \d+ photos",
+    "flower_demo.efficientnet_lite": r"^wrote \S+\.weights\.h5: efficientnet_lite0",
 }
 
 
