@@ -76,6 +76,7 @@ def test_converted_imagenet_network_names_the_sample_photos(variant: str) -> Non
             assert int(logits.argmax()) in expected, (photo, int(logits.argmax()))
 
 
+@pytest.mark.slow  # README's command runs it too (test_readme); this adds the check that it loads
 @needs_lite0
 def test_conversion_command_writes_weights_that_load(tmp_path: Path) -> None:
     out = tmp_path / "lite0.weights.h5"
