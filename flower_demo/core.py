@@ -47,15 +47,15 @@ from PIL import Image
 
 from flower_demo.errors import FlowerDemoError, first_line
 from flower_demo.images import ImageLike, square_uint8
-from flower_demo.imprint import (
+from flower_demo.imprint import (  # l2_normalise: core's callers use it too
     MIN_PHOTOS,
     TAUGHT_KEY,
     Head,
+    l2_normalise,
     new_class_name,
     read_head,
     read_taught,
     readable_photos,
-    unit,
 )
 from flower_demo.model_files import (  # what a model folder holds; core's callers use these names too
     CLASS_MAPS,
@@ -120,11 +120,6 @@ def check_rule(rule: str) -> str:
     if rule not in OOD_RULES:
         raise FlowerDemoError(f"unknown out-of-distribution rule {rule!r}; known: {', '.join(OOD_RULES)}")
     return rule
-
-
-def l2_normalise(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, dtype=np.float32)
-    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
 
 
 def known_score(
@@ -573,7 +568,7 @@ class Classifier:
         features = self.engine(views.astype(np.float32)).get(FEATURES)
         if features is None:
             raise FlowerDemoError(f"{self.engine.path} returns no pooled features; re-export it")
-        rows = unit(features)  # the photos' rows, then their mirror images'
+        rows = l2_normalise(features)  # the photos' rows, then their mirror images'
         head.check_like_training(
             np.array([self.references.similarity(row).max() for row in rows[: len(pixels)]])
         )

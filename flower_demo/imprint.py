@@ -60,14 +60,7 @@ MAX_PHOTOS = 20  # more adds little; the page takes at most this many
 IMPRINT_SCALE = 1.2  # the new column's own part against alpha's (module text)
 
 
-def logsumexp(z: np.ndarray) -> np.ndarray:
-    """log sum exp along the last axis, in float64, stable."""
-    z = np.asarray(z, dtype=np.float64)
-    top = z.max(axis=-1, keepdims=True)
-    return (top + np.log(np.exp(z - top).sum(axis=-1, keepdims=True)))[..., 0]
-
-
-def unit(features: np.ndarray) -> np.ndarray:
+def l2_normalise(features: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1 (float32)."""
     features = np.asarray(features, dtype=np.float32)
     return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
@@ -114,13 +107,14 @@ class Head:
         spread = means - centre
         columns = self.kernel.T[self.present] - self.kernel.T[self.present].mean(axis=0)
         alpha = float((columns * spread).sum() / max(float((spread**2).sum()), 1e-12))
-        new_mean = unit(features).mean(axis=0)
+        new_mean = l2_normalise(features).mean(axis=0)
         column = self.kernel.mean(axis=1) + IMPRINT_SCALE * alpha * (new_mean - centre)
         return column.astype(np.float32), float(self.bias.mean())
 
     def trained_logsumexp(self, features: np.ndarray) -> np.ndarray:
         """logsumexp of the trained classes' logits, per row of pooled features."""
-        return logsumexp(np.asarray(features, np.float32) @ self.kernel + self.bias)
+        logits = np.asarray(features, np.float64) @ self.kernel + self.bias
+        return np.logaddexp.reduce(logits, axis=-1)
 
 
 @dataclass(frozen=True)
@@ -152,7 +146,7 @@ class Taught:
             return probabilities.astype(np.float32)
         taught = np.asarray(features, np.float32) @ self.kernel + self.bias
         trained = head.trained_logsumexp(features)
-        total = np.logaddexp(trained, logsumexp(taught))
+        total = np.logaddexp(trained, np.logaddexp.reduce(np.asarray(taught, np.float64), axis=-1))
         widened = np.concatenate(
             [probabilities * np.exp(trained - total)[:, None], np.exp(taught - total[:, None])], axis=1
         )

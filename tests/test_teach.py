@@ -28,7 +28,7 @@ def test_widened_probabilities_are_the_softmax_over_every_column():
     rng = np.random.default_rng(0)
     features = rng.random((4, 6)).astype(np.float32)
     kernel, bias = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
-    head = imprint.Head.fit(kernel, bias, imprint.unit(rng.random((6, 6))), np.arange(6) % 3)
+    head = imprint.Head.fit(kernel, bias, imprint.l2_normalise(rng.random((6, 6))), np.arange(6) % 3)
     taught = (
         imprint.Taught.none(6)
         .with_class("x", rng.normal(size=6), 0.5)
@@ -46,7 +46,7 @@ def test_imprinting_a_trained_class_again_gives_its_own_column():
     of a trained class imprint that class's column, its own part times IMPRINT_SCALE: the head's
     own scale."""
     rng = np.random.default_rng(1)
-    bank = imprint.unit(rng.random((40, 8)))
+    bank = imprint.l2_normalise(rng.random((40, 8)))
     labels = np.arange(40) % 4
     means = np.stack([bank[labels == c].mean(axis=0) for c in range(4)])
     shared = rng.normal(size=8)
