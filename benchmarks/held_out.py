@@ -33,7 +33,7 @@ import numpy as np
 
 from flower_demo import core, data
 from flower_demo.calibrate import rules, write_calibration
-from flower_demo.calibrate.folds import Trained, classifier_head, forward
+from flower_demo.calibrate.folds import Trained, classifier_head, forward, non_flower_photos
 from flower_demo.core import FEATURES, OOD_FILE, PROBABILITIES
 from flower_demo.errors import FlowerDemoError
 
@@ -120,6 +120,7 @@ class Photos:
     raw_scored: dict[str, np.ndarray]
     raw_old: dict[str, np.ndarray]  # the 92 kept classes' validation photos
     old_names: list[str]
+    raw_non_flowers: dict[str, np.ndarray]  # ood_photos/, both parts
 
     @classmethod
     def load(cls, run: Path, data_dir: str) -> Photos:
@@ -130,7 +131,9 @@ class Photos:
         old, old_labels, _ = split_of(data_dir, "validation", set(range(102)) - set(held))
         raws = [forward(base.engine, photos) for photos in (pool, scored, old)]
         old_names = [names[int(i)] for i in old_labels]
-        return cls(base, names, held, pool, pool_labels, scored_labels, *raws, old_names)
+        non_flowers = [path for part in non_flower_photos().values() for path in part]
+        raw_non_flowers = forward(base.engine, non_flowers)
+        return cls(base, names, held, pool, pool_labels, scored_labels, *raws, old_names, raw_non_flowers)
 
     def teach(self, classifier: core.Classifier, c: int, chosen: np.ndarray, least: int) -> core.Classifier:
         """`classifier` taught class `c` from the pool's photos `chosen`; unchanged if it refuses
@@ -140,6 +143,12 @@ class Photos:
         except FlowerDemoError as exc:
             print(f"refused: {self.names[c]}: {exc}", flush=True)
             return classifier
+
+
+def accepted_share(classifier: core.Classifier, raw: dict[str, np.ndarray]) -> float:
+    """The share of photos (raw engine outputs) the classifier's rule accepts."""
+    answered = classifier.answer(raw)
+    return float(np.mean(classifier.calibration.is_known(answered[PROBABILITIES], raw[FEATURES])))
 
 
 def subset(raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -164,6 +173,7 @@ def all_ten(photos: Photos, shots: int, draws: int, dev: bool, rng: np.random.Ge
         taught_top1, accepted = top1(classifier, raw, [photos.names[int(i)] for i in labels])
         after = top1(classifier, photos.raw_old, photos.old_names)[0]
         refused = len(photos.held) - (classifier.num_classes - photos.base.num_classes)
+        non_flowers = accepted_share(classifier, photos.raw_non_flowers)
         runs.append(
             {
                 "taught_top1": taught_top1,
@@ -171,6 +181,7 @@ def all_ten(photos: Photos, shots: int, draws: int, dev: bool, rng: np.random.Ge
                 "old_top1": after,
                 "seconds": seconds,
                 "refused": refused,
+                "non_flowers_accepted": non_flowers,
             }
         )
     mean = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
@@ -217,6 +228,7 @@ def measure(run: Path, data_dir: str, draws: int, dev: bool) -> dict[str, Any]:
     before = top1(photos.base, photos.raw_old, photos.old_names)[0]
     rows: dict[str, Any] = {
         "held_out": [photos.names[i] for i in photos.held],
+        "non_flowers_accepted_before": accepted_share(photos.base, photos.raw_non_flowers),
         "scored_on": "held-out classes' train photos not drawn (--dev)" if dev else "official validation",
         "old_top1_before": before,
         "shots": {},
@@ -229,7 +241,9 @@ def measure(run: Path, data_dir: str, draws: int, dev: bool) -> dict[str, Any]:
         print(
             f"{shots:>2} photos ({result['draws']} draws): taught classes top-1 {mean['taught_top1']:.1%} "
             f"(accepted {mean['accepted']:.1%}); 92 classes {before:.1%} -> {mean['old_top1']:.1%}; "
-            f"teaching all 10: {mean['seconds']:.1f} s; refused {mean['refused']:.1f} of 10",
+            f"teaching all 10: {mean['seconds']:.1f} s; refused {mean['refused']:.1f} of 10; "
+            f"non-flower photos accepted {mean['non_flowers_accepted']:.1%} "
+            f"(before: {rows['non_flowers_accepted_before']:.1%})",
             flush=True,
         )
     single = rows["one_at_a_time"] = one_at_a_time(photos, draws, dev, rng)
