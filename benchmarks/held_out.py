@@ -99,11 +99,16 @@ def prepare(run: Path, data_dir: str) -> None:
 def top1(classifier: core.Classifier, raw: dict[str, np.ndarray], names: list[str]) -> tuple[float, float]:
     """Top-1 of the photos whose true class names are `names`, among all the classifier's classes,
     and the share its rule accepts."""
-    answered = classifier.answer(raw)
+    probabilities, known = verdicts(classifier, raw)
     # a class teaching refused is not among the classifier's: its photos are all answered wrong
     truth = np.array([classifier.class_names.index(n) if n in classifier.class_names else -1 for n in names])
-    known = classifier.calibration.is_known(answered[PROBABILITIES], raw[FEATURES])
-    return float((answered[PROBABILITIES].argmax(axis=1) == truth).mean()), float(np.mean(known))
+    return float((probabilities.argmax(axis=1) == truth).mean()), float(np.mean(known))
+
+
+def verdicts(classifier: core.Classifier, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's probabilities for photos (raw engine outputs) and its rule's verdict on each."""
+    answered = classifier.answer(raw)
+    return answered[PROBABILITIES], classifier.calibration.is_known(answered[PROBABILITIES], raw[FEATURES])
 
 
 @dataclass
@@ -147,8 +152,7 @@ class Photos:
 
 def accepted_share(classifier: core.Classifier, raw: dict[str, np.ndarray]) -> float:
     """The share of photos (raw engine outputs) the classifier's rule accepts."""
-    answered = classifier.answer(raw)
-    return float(np.mean(classifier.calibration.is_known(answered[PROBABILITIES], raw[FEATURES])))
+    return float(np.mean(verdicts(classifier, raw)[1]))
 
 
 def subset(raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -154,9 +154,10 @@ def known_score(
         means = stats["means"]
         squared = (whitened**2).sum(axis=-1)[..., None] - 2 * whitened @ means.T + (means**2).sum(axis=-1)
         return -squared.min(axis=-1)
-    similarity = l2_normalise(features) @ stats["bank"].T
+    unit = l2_normalise(features)
+    similarity = unit @ stats["bank"].T
     if EXTRA_BANK in stats:
-        similarity = np.concatenate([similarity, l2_normalise(features) @ stats[EXTRA_BANK].T], axis=-1)
+        similarity = np.concatenate([similarity, unit @ stats[EXTRA_BANK].T], axis=-1)
     return -np.partition(-similarity, k - 1, axis=-1)[..., k - 1]
 
 
@@ -527,9 +528,8 @@ class Classifier:
         widened to the taught classes (if any), then calibrated."""
         outputs = dict(raw)
         if self.taught.names and len(outputs[PROBABILITIES]):
-            head = self._head or self.head()
             outputs[PROBABILITIES] = self.taught.probabilities(
-                outputs[PROBABILITIES], outputs[FEATURES], head
+                outputs[PROBABILITIES], outputs[FEATURES], self.head()
             )
         if self.calibration is not None and len(outputs[PROBABILITIES]):
             outputs[PROBABILITIES] = self.calibration.probabilities(outputs[PROBABILITIES])

@@ -34,8 +34,9 @@ and teach.py's (a new model folder). It imports only errors.py and images.py.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,14 @@ class Head:
     bias: np.ndarray  # (classes,) float32
     class_means: np.ndarray  # (classes, d): mean L2-normalised training features of each class
     present: np.ndarray  # (classes,) bool: the classes with photos in the bank (the others' means are 0)
-    floor: float  # the similarity photos to teach from must reach (TEACH_PERCENTILE, check_like_training)
+    bank: np.ndarray = field(repr=False)  # the trained classes' bank rows, shared with the references
+    labels: np.ndarray = field(repr=False)  # and their class indices
+
+    @functools.cached_property
+    def floor(self) -> float:
+        """The similarity photos to teach from must reach (TEACH_PERCENTILE, check_like_training):
+        computed at the first teaching, not when a taught folder is loaded to serve."""
+        return teaching_floor(self.bank, self.labels)
 
     @classmethod
     def fit(cls, kernel: np.ndarray, bias: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> Head:
@@ -87,7 +95,7 @@ class Head:
         sums = np.zeros((classes, kernel.shape[0]), np.float64)
         np.add.at(sums, labels[kept], np.asarray(bank, np.float64)[kept])
         means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        return cls(kernel, bias, means, counts > 0, teaching_floor(np.asarray(bank)[kept], labels[kept]))
+        return cls(kernel, bias, means, counts > 0, np.asarray(bank)[kept], labels[kept])
 
     def check_like_training(self, closest: np.ndarray) -> None:
         """Refuse photos that look like nothing the model learnt from: the median of their

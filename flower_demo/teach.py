@@ -108,13 +108,14 @@ def teach_folder(
     taught = classifier.teach(name, photos)
     start = len(classifier.references.labels)
     count = len(taught.references.labels) - start
-    thumbnail_names = [f"{start + i:05d}_taught.jpg" for i in range(count)]
-    metadata = taught_metadata(taught, model_files.read_metadata(source), count)
+    new_photos = taught.references.thumbnails[start:]
+    thumbnail_names = [neighbours.thumbnail_name(start + i, pixels) for i, pixels in enumerate(new_photos)]
+    metadata = taught_metadata(taught, classifier.metadata, count)
     with model_files.Staged(out) as staged:
         thumbnails = staged.subfolder(THUMBNAILS_DIR)
         for path in model_files.folder_files(source / THUMBNAILS_DIR):
             shutil.copy2(path, thumbnails / path.name)
-        for file_name, pixels in zip(thumbnail_names, taught.references.thumbnails[start:]):
+        for file_name, pixels in zip(thumbnail_names, new_photos):
             (thumbnails / file_name).write_bytes(neighbours.thumbnail_bytes(pixels))
         np.savez(staged.path(OOD_FILE), **taught_arrays(taught, source, thumbnail_names))
         if not in_place:
