@@ -456,20 +456,22 @@ def test_final_model_is_calibrated_out_of_fold_with_an_estimate(
     estimate, report = metadata["estimate"], metadata["calibration"]["report"]
     assert estimate["method"] == "2-fold" and estimate["chosen_on_scored"] is True  # fold 1 chose
     splits = {"fold1": ("train", "validation", 40, True), "fold2": ("validation", "train", 204, False)}
-    for fold in estimate["folds"]:
-        trained_on, scored_on, images, chosen = splits[Path(fold["model"]).name]
+    runs = {"fold1": fold1, "fold2": fold2}
+    for fold in estimate["folds"]:  # named by the run's folder name, never a path of this machine
+        trained_on, scored_on, images, chosen = splits[fold["model"]]
         assert (fold["trained_on"], fold["scored_on"], fold["images"]) == (trained_on, scored_on, images)
         assert fold["chosen_on_scored"] is chosen
         # the fold's figure is its model's top-1 on the split it held out, as predict serves it
         held_out = sorted((fake_flowers102 / "jpg").glob("*.jpg"))
         held_out = held_out[204:] if scored_on == "validation" else held_out[:204]
-        classifier = Classifier(Path(fold["model"]))
+        classifier = Classifier(runs[fold["model"]])
         answers = [p.class_ids[0] for p in predict_batch(held_out, classifier, top_k=1)]
         truth = [c + 1 for c in data_labels(fake_flowers102, held_out)]
         assert fold["top1"] == pytest.approx(np.mean(np.equal(answers, truth)))
     assert estimate["top1"] == pytest.approx(np.mean([f["top1"] for f in estimate["folds"]]))
     assert f"estimate (2-fold): top-1 {estimate['top1']:.4f}" in out
-    assert report["threshold_fitted_on"].startswith("out of fold: ") and report["validation_images"] == 244
+    assert report["threshold_fitted_on"] == "out of fold: fold1 on validation, fold2 on train"
+    assert report["validation_images"] == 244
     assert report["statistics_fitted_on"] == "train+validation"
     bank = np.load(final / model_files.OOD_FILE)["bank"]
     assert bank.shape == (244, 1280)  # the final model's own features of every photo it trained on

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_module
 from PIL import Image
 
 from flower_demo import FlowerDemoError, efficientnet_lite, models
@@ -76,13 +75,12 @@ def test_converted_imagenet_network_names_the_sample_photos(variant: str) -> Non
             assert int(logits.argmax()) in expected, (photo, int(logits.argmax()))
 
 
-@pytest.mark.slow  # README's command runs it too (test_readme); this adds the check that it loads
 @needs_lite0
-def test_conversion_command_writes_weights_that_load(tmp_path: Path) -> None:
+def test_conversion_command_writes_weights_that_load(tmp_path: Path, capsys) -> None:
+    """The command's main, in this process: test_readme runs README's conversion command as users do."""
     out = tmp_path / "lite0.weights.h5"
-    result = run_module("flower_demo.efficientnet_lite", "efficientnet_lite0", "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {out}: efficientnet_lite0, 4,694,024 weights")
+    assert efficientnet_lite.main(["efficientnet_lite0", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: efficientnet_lite0, 4,694,024 weights")
     backbone = models.create_backbone("efficientnet_lite0", 224, weights=str(out))  # as --weights FILE
     reference = efficientnet_lite.build("efficientnet_lite0", include_top=False, pooling="avg")
     for mine, theirs in zip(backbone.weights, reference.weights):

@@ -24,7 +24,9 @@ from flower_demo.evaluate import evaluate_model
 HAS_JAX = importlib.util.find_spec("jax") is not None
 NO_JAX = "JAX is not installed (pip install -r requirements-jax.txt)"
 needs_jax = pytest.mark.skipif(not HAS_JAX, reason=NO_JAX)
-TWO_CPUS = "--xla_force_host_platform_device_count=2"
+# Two CPU devices; XLA's backend optimisation off: compiling is most of a tiny run's time, and
+# both runs (and the LiteRT check) compute the same sums either way.
+XLA_FLAGS = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
 LOSS_TOLERANCE = 1e-3  # relative: two devices sum the same gradients in another order
 
 
@@ -35,7 +37,7 @@ def jax_train(tree: Path, weights: Path, run_dir: Path, *extra: object):
         "--batch-size", 4, "--stage1-epochs", 2, "--stage2-epochs", 1, "--fixed-epochs",
         "--fine-tune-from", "block_16_project_BN", "--no-report", "--run-dir", run_dir, *extra,
     ]  # fmt: skip
-    return run_module("flower_demo.train", *args, env={"KERAS_BACKEND": "jax", "XLA_FLAGS": TWO_CPUS})
+    return run_module("flower_demo.train", *args, env={"KERAS_BACKEND": "jax", "XLA_FLAGS": XLA_FLAGS})
 
 
 @pytest.fixture(scope="module")

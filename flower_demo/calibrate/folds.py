@@ -201,7 +201,7 @@ def fold_estimate(folds: list[Fold], held: list[Outputs], labels: list[np.ndarra
         scores = metrics.score(outputs[PROBABILITIES], truth)
         rows.append(
             {
-                "model": str(fold.path),
+                "model": Path(fold.path).name,  # the run's name: a path would name this machine's folders
                 "trained_on": "+".join(fold.trained_on),
                 "scored_on": fold.scored_on,
                 "images": scores.n,

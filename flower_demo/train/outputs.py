@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ from flower_demo import model_files, models  # noqa: F401  first: it keeps Tenso
 # isort: split
 import keras
 
-from flower_demo import data
+from flower_demo import data, efficientnet_lite
 from flower_demo.errors import FlowerDemoError
 
 FLOWERS102 = "oxford_flowers102"  # the data set a Flowers-102 folder holds, by tensorflow_datasets' name
@@ -81,7 +82,7 @@ def run_metadata(
     """metadata.json's description of the run (models.save_model adds the format version and the
     files' hashes). What it was made of is named, never located: the data set and its splits with
     a hash of their image ids, the pretrained weights by name and hash (see `training_record`)."""
-    backbone_weights = weights_record(settings["weights"])
+    backbone_weights = weights_record(settings["weights"], settings["backbone"])
     name, location = dataset_of(settings)
     return {
         "class_names": train.class_names,
@@ -115,9 +116,20 @@ def run_metadata(
 # --- provenance: names and hashes, not where things sat on the training machine --------------
 
 
-def weights_record(weights: str) -> dict[str, str]:
-    """The pretrained weights: "imagenet" (Keras' own download) or "none", or a local file's base
-    name and sha256."""
+def weights_record(weights: str, backbone: str = "") -> dict[str, str]:
+    """The pretrained weights: "imagenet" (Keras' own download, or for EfficientNet-Lite the
+    installed package's file, named with its package version and sha256) or "none", or a local
+    file's base name and sha256."""
+    if weights == "imagenet" and backbone in efficientnet_lite.VARIANTS:
+        package = efficientnet_lite.VARIANTS[backbone].package.replace("_", "-")
+        file = efficientnet_lite.package_file(backbone)
+        version = importlib.metadata.version(package)
+        return {
+            "name": weights,
+            "package": f"{package}=={version}",
+            "file": file.name,
+            "sha256": model_files.sha256_of(file),
+        }
     if weights in ("imagenet", "none", "None", ""):
         return {"name": weights or "none"}
     return {"name": Path(weights).name, "sha256": model_files.sha256_of(Path(weights))}
