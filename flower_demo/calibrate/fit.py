@@ -75,7 +75,7 @@ def calibrate(
     log(f"forward passes ({engine.name}): {time.perf_counter() - started:.0f} s")
 
     fitted = fit_rule(outputs, final.statistics, rule_name)
-    fitted_on = [f"{Path(fold.path).name} on {fold.scored_on}" for fold in folds]  # run names, no paths
+    fitted_on = [f"{fold.name} on {fold.scored_on}" for fold in folds]
     report = {
         "statistics_fitted_on": "+".join(trained_splits(metadata)),
         "threshold_fitted_on": fitted_on[0] if own else "out of fold: " + ", ".join(fitted_on),

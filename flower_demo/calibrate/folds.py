@@ -119,6 +119,11 @@ class Fold:
     recipe_chosen_on_scored: bool = False  # the recipe was picked by comparing scores on that split
     class_names: list[str] = field(default_factory=list)  # its model's, in the order of its outputs
 
+    @property
+    def name(self) -> str:
+        """The run's folder name, what metadata records: a path would name this machine's folders."""
+        return Path(self.path).name
+
 
 @dataclass
 class FoldOutputs:
@@ -201,7 +206,7 @@ def fold_estimate(folds: list[Fold], held: list[Outputs], labels: list[np.ndarra
         scores = metrics.score(outputs[PROBABILITIES], truth)
         rows.append(
             {
-                "model": Path(fold.path).name,  # the run's name: a path would name this machine's folders
+                "model": fold.name,
                 "trained_on": "+".join(fold.trained_on),
                 "scored_on": fold.scored_on,
                 "images": scores.n,

