@@ -227,8 +227,9 @@ def tiny_keras_classifier(tiny_model_dir: Path):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "slow: starts a separate Python process (TensorFlow start-up), needs a whole training run "
-        "(its own or conftest's trained_run), or a model conversion beyond conftest's tiny model",
+        "slow: starts a separate Python process (TensorFlow start-up) or a browser (test_browser), "
+        "needs a whole training run (its own or conftest's trained_run), or a model conversion beyond "
+        "conftest's tiny model (a TFLite export, EfficientNet-Lite's ImageNet weights)",
     )
 
 
@@ -238,10 +239,11 @@ BUILT_ONCE = "mobilenet_weights"  # every fixture that built_once builds with Te
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_readme's command groups first, those with the most training runs first (a minute or
     more each on 2 cores); then the test files that use the models built here with TensorFlow
-    (BUILT_ONCE), then the rest, each file kept whole. pytest-xdist's workers start on the two
-    halves of this order, so the long ones start at once, one worker builds the shared models
-    while the other serves the app and runs the tests that need no TensorFlow (instead of waiting
-    for the build), and the run ends on short tests that an idle worker can take over."""
+    (BUILT_ONCE), and the rest, each file kept whole. pytest-xdist's worksteal scheduler gives each
+    of the two workers one half of this order, so the other half begins with the files that need no
+    built model: one worker builds the shared models while the other serves the app and runs the
+    tests that need no TensorFlow, instead of waiting on the build's lock; the run ends on short
+    tests that an idle worker can take over."""
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
 
     def cost(item: pytest.Item) -> tuple[int, int]:
@@ -251,4 +253,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     readme.sort(key=cost, reverse=True)
     rest = [item for item in items if item not in readme]
     builders = {item.path for item in rest if BUILT_ONCE in item.fixturenames}
-    items[:] = readme + sorted(rest, key=lambda item: item.path not in builders)  # stable: files stay whole
+    files: dict[Path, list[pytest.Item]] = {}
+    for item in rest:
+        files.setdefault(item.path, []).append(item)
+    front_files = [file_items for path, file_items in files.items() if path in builders]
+    free_items = [item for path, file_items in files.items() if path not in builders for item in file_items]
+    half = len(items) // 2  # the first worker's share: whole builder files up to it, then the free ones
+    first = list(readme)
+    while front_files and len(first) + len(front_files[0]) <= half:
+        first += front_files.pop(0)
+    items[:] = first + free_items + [item for file_items in front_files for item in file_items]

@@ -43,7 +43,7 @@ VIEWPORT = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 120_000  # a prediction on a busy 2-core machine, plus the page's own start-up
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # slow: chromium starts and renders
 
 
 def example(slug: str) -> Path:

@@ -61,6 +61,7 @@ def test_networks_have_the_published_sizes(variant: str) -> None:
     assert {models.BACKBONES[variant].fine_tune_from, models.BACKBONES[variant].feature_map} <= layer_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in efficientnet_lite.VARIANTS if installed(v)] or ["none"])
 def test_converted_imagenet_network_names_the_sample_photos(variant: str) -> None:
     if variant == "none":
@@ -76,6 +77,7 @@ def test_converted_imagenet_network_names_the_sample_photos(variant: str) -> Non
 
 
 @needs_lite0
+@pytest.mark.slow
 def test_conversion_command_writes_weights_that_load(tmp_path: Path, capsys) -> None:
     """The command's main, in this process: test_readme runs README's conversion command as users do."""
     out = tmp_path / "lite0.weights.h5"

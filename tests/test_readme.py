@@ -13,7 +13,10 @@ so that a training run takes seconds: stage 2 tunes only the backbone's last blo
 what costs time to build; `--quick`, whose preset has no stage 2, keeps none), and no model.tflite
 or validation report is written at the end (the
 conversion costs more than the tiny run, and drawing the 102-class report about 15% of it; test_train's
-quick run checks that export, conftest's shared run the report). The full recipes' figures are
+resumed run checks that export, conftest's shared run the report). A command that repeats another
+one's run but for its run folder (REPEATS) is checked to parse to the same options instead of
+training again; the run that README's `--resume` picks up is made in this process (TensorFlow is
+loaded here already), and the command itself runs as users run it. The full recipes' figures are
 measured, with their commands, in README itself. Commands that share nothing they write form
 separate tests (command_groups), which pytest-xdist spreads over the cores; inside a group they run
 two at a time, each after every earlier one that writes what it reads or writes (run_in_order).
@@ -28,7 +31,10 @@ list fails the test, so a new command cannot go untested.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import io
 import re
 import shlex
 import shutil
@@ -74,6 +80,13 @@ NOT_RUN = {
     "benchmarks.held_out": "needs the Flowers-102 photos and a 30-minute run (figures: README)",
     "benchmarks.compare_forward": "needs EfficientNet-Lite0's fold-1 run (35 minutes); test_bench runs it",
     "WORK/train92": "the 30-minute run of the held-out-classes measurement (benchmarks.held_out)",
+}
+# README commands that are another README command's run but for its run folder (so they write a
+# runs/<date-time> folder): checked to parse to that command's options, by a fragment of it.
+REPEATS = {
+    "python -m flower_demo.train --data-dir DATA_DIR --weights imagenet --preset shipped": (
+        "--run-dir runs/l0-fold1"
+    ),
 }
 # What each command's output must show, by module.
 EXPECTED_OUTPUT = {
@@ -140,7 +153,7 @@ def few_non_flowers(folder: Path) -> Path:
 
 def runnable(command: str) -> list[str] | None:
     """The arguments after `python -m` of a command this test runs, or None if it is in NOT_RUN."""
-    if any(fragment in command for fragment in NOT_RUN):
+    if any(fragment in command for fragment in NOT_RUN) or command in REPEATS:
         return None
     words = shlex.split(command)
     if words[:2] == ["python", "app.py"] or words[:3] == ["python", "-m", "pytest"]:
@@ -162,6 +175,15 @@ def test_every_readme_command_is_run_or_explained() -> None:
             runnable(part.strip())  # fails on an unknown command
     grouped = [words for group in GROUPS for _, words in group]
     assert len(grouped) >= 12 and any("--report" in words for words in grouped), grouped
+
+
+def test_a_repeated_command_is_the_run_it_repeats() -> None:
+    commands = readme_commands()
+    for command, fragment in REPEATS.items():
+        assert command in commands, f"REPEATS names a command README no longer shows: {command!r}"
+        (original,) = [c for c in commands if fragment in c]
+        repeated, made = (train.parse_args(shlex.split(c)[3:]) for c in (command, original))
+        assert made.run_dir and repeated == dataclasses.replace(made, run_dir=None), (command, original)
 
 
 def path_key(token: str) -> str:
@@ -247,15 +269,27 @@ def filled(words: list[str], scratch: dict[str, Path]) -> list[str]:
 
 
 def check(part: str, words: list[str], cwd: Path) -> None:
-    """Run one command as users do and check it worked: exit 0, no traceback, its expected output."""
+    """Run one command as users do and check it worked: exit 0, nothing on stderr (no traceback,
+    no start-up notices), plain lines on stdout (no live progress bars), its expected output."""
     module, *args = words
-    if module == "flower_demo.train" and "--resume" in args:  # needs the interrupted run: make it first
-        first = run_module(module, *[a for a in args if a != "--resume"], cwd=cwd)
-        assert first.returncode == 0, first.stderr
+    if module == "flower_demo.train" and "--resume" in args:  # needs a run to pick up: made here first
+        interrupted_run(args, cwd)
     result = run_module(module, *args, cwd=cwd)
     assert result.returncode == 0, f"{part}\n{result.stderr}"
-    assert "Traceback" not in result.stderr, part
+    assert result.stderr == "", f"{part}\n{result.stderr}"
+    assert "\x1b" not in result.stdout and "\b" not in result.stdout, part
     assert re.search(EXPECTED_OUTPUT[module], result.stdout, re.M), f"{part}\n{result.stdout}"
+
+
+def interrupted_run(args: list[str], cwd: Path) -> None:
+    """The run a `--resume` command picks up: the same options without --resume, trained in this
+    process (with its run folder made absolute: the process's working folder is not `cwd`)."""
+    at = args.index("--run-dir") + 1
+    first = [str(cwd / a) if i == at else a for i, a in enumerate(args) if a != "--resume"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = train.main(first)
+    assert code == 0, printed.getvalue()
 
 
 GROUPS = command_groups()
