@@ -18,7 +18,8 @@ core.LiteRTEngine on an already preprocessed (1, S, S, 3) float32 array. Against
 - the Keras engine (models.KerasEngine, TensorFlow) beside LiteRT: bare forward, top-1 agreement on
   the Flowers-102 validation photos, and the forward pass's class activation map against the
   gradient Grad-CAM on the photos;
-- training seconds per epoch of both stages on a small subset, along train.py's own functions;
+- training seconds per epoch of both stages on a small subset, along train.py's own functions,
+  stage 2 from the model's own cut (`--fine-tune-from` another);
 - the machine and its load average before and after.
 Photos are the test fixtures (tests/fixtures/flowers), repeated as needed. Latencies that are
 compared take turns call by call (export.time_interleaved, the timing helper of export's --measure
@@ -67,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--train-images", type=int, default=measure.TRAIN_IMAGES, help="size of the training subset"
+    )
+    p.add_argument(
+        "--fine-tune-from",
+        default=None,
+        help="time stage 2 from this backbone layer (default: the model's own cut, else the registry's)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--skip-cli", action="store_true", help="do not run the predict command line")
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["training"] = (
         skip["train"]
         if args.skip_train
-        else measure.bench_training(classifier.metadata, photos, args.train_images)
+        else measure.bench_training(classifier.metadata, photos, args.train_images, args.fine_tune_from)
     )
     results["load_average"] = measure.load_figures(before, measure.load_average())
     results["targets"] = tables.check_targets(results)

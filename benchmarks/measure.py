@@ -427,10 +427,13 @@ def epoch_seconds(trainable: Any, views: np.ndarray, labels: np.ndarray, lr: flo
     return float(np.median(times[1:]))
 
 
-def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) -> dict[str, Any]:
+def bench_training(
+    metadata: dict[str, Any], photos: list[Path], n_images: int, cut: str | None = None
+) -> dict[str, Any]:
     """Seconds per epoch of both training stages on `n_images` photos, through flower_demo.train's
-    own parts: create_model (random weights: timing does not depend on them), split_model at the
-    registry's cut, activation_steps and cache_activations (view 0 plain, the others augmented),
+    own parts: create_model (random weights: timing does not depend on them), split_model at `cut`
+    (else the cut the model was trained from, else the registry's), activation_steps and
+    cache_activations (view 0 plain, the others augmented),
     pooled_features for stage 1, then epoch_seconds; mixed precision on a GPU.
     Not included: validation and checkpoint writing."""
     import keras
@@ -448,7 +451,8 @@ def bench_training(metadata: dict[str, Any], photos: list[Path], n_images: int) 
     if gpu:  # as train.run does
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = models.create_model(backbone, num_classes, size, None, config.dropout)
-    cut = models.BACKBONES[backbone].fine_tune_from
+    trained_from = metadata.get("training", {}).get("fine_tune_from")
+    cut = cut or trained_from or models.BACKBONES[backbone].fine_tune_from
     bottom, top = stages.split_model(model, backbone, cut)
 
     log(f"training: decoding {n_images} images at {size}px, caching {TRAIN_VIEWS} views of activations")
