@@ -209,6 +209,39 @@ def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path
     return TrainedRun(folder / "run", record["output"], args(folder / "run"), record["started"])
 
 
+# --- README's commands, each group run once per test run ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def readme_scratch(tmp_path_factory, mobilenet_weights: Path) -> dict[str, Path]:
+    """The folder README's commands run in (readme_runs.make_scratch), one for every worker, and
+    what fills README's placeholders."""
+    import readme_runs  # here, not at the top: it imports TensorFlow, which xdist's controller never needs
+
+    if not (REPO_ROOT / "weights" / "model.tflite").is_file():
+        pytest.skip("README's commands use the shipped model in weights/")
+    root = built_once(tmp_path_factory, "readme", readme_runs.make_scratch)
+    return readme_runs.scratch_paths(root, mobilenet_weights)
+
+
+@pytest.fixture(scope="session")
+def readme_group(tmp_path_factory, readme_scratch: dict[str, Path]) -> Callable[[int], dict[str, str]]:
+    """readme_group(i) runs readme_runs.GROUPS[i] in readme_scratch once per test run (the first
+    worker to ask runs it, the others wait) and returns what each command printed, by README line.
+    The groups share nothing they write, so they run in the same folder at the same time."""
+    import readme_runs
+
+    def run(index: int) -> dict[str, str]:
+        def build(folder: Path) -> None:
+            printed = readme_runs.run_group(readme_runs.GROUPS[index], readme_scratch)
+            (folder / "printed.json").write_text(json.dumps(printed))
+
+        folder = built_once(tmp_path_factory, f"readme_group_{index}", build)
+        return json.loads((folder / "printed.json").read_text())
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_dir: Path):
     """The tiny model as users get it by default: LiteRT."""
@@ -244,10 +277,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     built model: one worker builds the shared models while the other serves the app and runs the
     tests that need no TensorFlow, instead of waiting on the build's lock; the run ends on short
     tests that an idle worker can take over."""
+    import readme_runs
+
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
 
     def cost(item: pytest.Item) -> tuple[int, int]:
-        group = item.callspec.params["group"]
+        group = readme_runs.GROUPS[item.callspec.params["index"]]
         return sum(words[0] == "flower_demo.train" for _, words in group), len(group)
 
     readme.sort(key=cost, reverse=True)

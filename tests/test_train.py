@@ -1,8 +1,8 @@
 """Whole training runs on tiny class-per-folder data: the folder of the shared run (conftest's
 trained_run), reloading and serving it, what stage 2 may and may not change in the backbone; runs
-of their own (slow): resuming after a crash, the whole-backbone mode, distillation, and the
-commands as users run them; the errors found before any work. Each part on its own, with no whole
-run: test_train_parts.py."""
+of their own (slow): resuming after a crash, the quick recipe, distillation; the whole-backbone mode
+on README's own run of it (conftest's readme_group); the errors found before any work, as users
+meet them. Each part on its own, with no whole run: test_train_parts.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import readme_runs
 from helpers import TINY_CLASSES, TINY_SIZE, make_class_tree, run_module
 from PIL import Image
 
@@ -258,24 +259,26 @@ def test_resumed_run_exports_at_its_serving_size(resumed_run, tiny_class_tree):
 # --- the whole backbone, distillation --------------------------------------------------------
 
 
+WHOLE_RUN = "--run-dir runs/w-fold1"  # README's `--fine-tune whole` command, run by conftest's readme_group
+
+
 @pytest.mark.slow
-def test_whole_fine_tune_trains_every_layer_but_batchnorm(tmp_path, tiny_class_tree, mobilenet_weights):
-    """`--fine-tune whole`: every convolution changes (the stem too), BatchNorm stays frozen, stage 2
-    runs on photos augmented afresh (no cached cut), and the model serves; --no-report writes no
-    validation report."""
-    run_dir = tmp_path / "whole"
-    args = train_args(tiny_class_tree, mobilenet_weights, run_dir, 1, 1, views=1)
-    code, output = quietly([*args, "--fine-tune", "whole", "--keep-cache", "--no-export", "--no-report"])
-    assert code == 0, output
+def test_whole_fine_tune_trains_every_layer_but_batchnorm(readme_group, readme_scratch, mobilenet_weights):
+    """`--fine-tune whole`, README's command as test_readme runs it (32 px, one epoch per stage, no
+    report, on the test's Flowers-102 folder): every convolution changes (the stem too), BatchNorm
+    stays frozen, and the model serves."""
+    printed = readme_group(readme_runs.group_running(WHOLE_RUN))
+    output = next(text for line, text in printed.items() if WHOLE_RUN in line)
+    run_dir = readme_scratch["root"] / "runs" / "w-fold1"
     assert "stage 2: fine-tuning all" in output
     assert "validation report" not in output and not (run_dir / "report").exists()  # --no-report
     below, above = kernel_changes(run_dir, mobilenet_weights)
     assert min(below + above) > MOVED, (below, above)
     assert len(json.loads((run_dir / "history.json").read_text())["stage2"]["loss"]) == 1
-    cached = np.load(run_dir / "cache" / "train_acts.npy", mmap_mode="r")
-    assert cached.shape[2:] == (1280,)  # stage 1 cached the pooled features, not a cut's activations
-    photo = next(tiny_class_tree.rglob("*.png"))
-    assert predict(photo, Classifier(run_dir, engine="keras")).class_names[0] in NAMES
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["training"]["fine_tune"] == "whole" and metadata["image_size"] == SIZE
+    photo = next((readme_scratch["data"] / "jpg").glob("*.jpg"))
+    assert predict(photo, Classifier(run_dir, engine="keras")).class_names[0] in metadata["class_names"]
 
 
 def constant_teacher(folder: Path, weights: Path, answer: int) -> Path:
