@@ -35,10 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
+from flower_demo import model_files
 from flower_demo.errors import FlowerDemoError, exit_status, first_line
+
+model_files.load_keras_quietly()  # run as a command (`python -m`), this module imports Keras first
+import keras  # noqa: E402 (imported quietly above)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ model file's size and sha256 (a folder's as one record), loading refuses a file 
 match (`verify_file`), and every command that writes a folder writes its files beside their places
 and renames them in, the metadata last (`Staged`). This module owns those file names, the names of
 the served outputs, reading and checking metadata, label maps and the files' hashes, writing a
-folder, and keeping native libraries' start-up lines off the terminal. It imports neither
-TensorFlow nor Keras, and nothing of the project but errors.py, so that both the serving core
-(core.py) and the Keras side (models.py) can build on it.
+folder, and keeping native libraries' start-up lines off the terminal (`load_keras_quietly`: the one
+place Keras is first imported). It imports neither TensorFlow nor Keras when it loads, and nothing
+of the project but errors.py, so that both the serving core (core.py) and the Keras side
+(models.py, efficientnet_lite.py) can build on it.
 """
 
 from __future__ import annotations
@@ -329,3 +330,32 @@ def native_stderr_filtered(drop: re.Pattern) -> Iterator[None]:
                 if not drop.search(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+# What TensorFlow writes to stderr while it starts, whatever the log level: absl prints every line
+# logged before absl::InitializeLog(), and the CUDA probe reports an error on a machine without a GPU.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc"
+    r"|cpu_feature_guard\.cc|To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
+)
+
+
+def quiet_startup() -> contextlib.AbstractContextManager:
+    """Drop TensorFlow's start-up notices from stderr; every other line (real warnings, errors) is kept."""
+    return native_stderr_filtered(STARTUP_NOISE)
+
+
+def load_keras_quietly() -> None:
+    """Import Keras (and TensorFlow, on its TensorFlow backend) with their start-up notices kept off
+    the terminal. Every module that uses Keras calls this before `import keras`: whichever of them a
+    command starts from (models.py, or efficientnet_lite.py run as `python -m`) imports it first."""
+    # TensorFlow's own (tsl) logging: no INFO lines from C++ unless the user asks; warnings and errors stay.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with quiet_startup():
+        import keras
+
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe logs here, once

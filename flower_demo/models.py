@@ -11,17 +11,14 @@ A saved model is a folder (file names and metadata reading live in model_files.p
 expects (class activation maps and pooled features beside the probabilities); `KerasEngine` is the
 core's engine for it.
 
-Every module that uses TensorFlow imports this one before it (directly or through the package), so
-TensorFlow's start-up notices are kept out of the command lines' output here, once: see
-`quiet_startup`.
+Keras and TensorFlow are first imported through `model_files.load_keras_quietly`, so their start-up
+notices stay out of the command lines' output.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import re
 import sys
 import weakref
 from collections.abc import Callable
@@ -34,29 +31,8 @@ import numpy as np
 from flower_demo import model_files
 from flower_demo.errors import FlowerDemoError, first_line
 
-# TensorFlow's own (tsl) logging: no INFO lines from C++ unless the user asks; warnings and errors stay.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-# What TensorFlow writes to stderr while it starts, whatever the log level: absl prints every line
-# logged before absl::InitializeLog(), and the CUDA probe reports an error on a machine without a GPU.
-STARTUP_NOISE = re.compile(
-    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc"
-    r"|cpu_feature_guard\.cc|To enable the following instructions|rebuild TensorFlow with the appropriate"
-    r"|failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
-)
-
-
-def quiet_startup() -> contextlib.AbstractContextManager:
-    """Drop TensorFlow's start-up notices from stderr; every other line (real warnings, errors) is kept."""
-    return model_files.native_stderr_filtered(STARTUP_NOISE)
-
-
-with quiet_startup():
-    import keras
-
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()  # the CUDA probe logs here, once
+model_files.load_keras_quietly()
+import keras  # noqa: E402 (imported quietly above)
 
 from flower_demo import efficientnet_lite  # noqa: E402 (Keras, imported quietly above)
 

@@ -251,7 +251,7 @@ def test_importing_tensorflow_through_models_is_quiet_and_keeps_other_lines():
         "import os, sys\n"
         "import flower_demo.models, keras\n"
         "print(keras.ops.ones(2).shape)\n"
-        "from flower_demo.models import quiet_startup\n"
+        "from flower_demo.model_files import quiet_startup\n"
         "with quiet_startup():\n"
         "    os.write(2, b'I0000 00:00 1 port.cc:153] oneDNN custom operations are on.\\n')\n"
         "    os.write(2, b'E0000 00:00 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n')\n"
