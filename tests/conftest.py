@@ -267,16 +267,19 @@ def pytest_configure(config):
 
 
 BUILT_ONCE = "mobilenet_weights"  # every fixture that built_once builds with TensorFlow needs these
+APP = "app_module"  # app.py imported (its model loaded): once per worker that asks
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: the halves are of the tests that run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_readme's command groups first, those with the most training runs first (a minute or
     more each on 2 cores); then the test files that use the models built here with TensorFlow
-    (BUILT_ONCE), and the rest, each file kept whole. pytest-xdist's worksteal scheduler gives each
-    of the two workers one half of this order, so the other half begins with the files that need no
-    built model: one worker builds the shared models while the other serves the app and runs the
-    tests that need no TensorFlow, instead of waiting on the build's lock; the run ends on short
-    tests that an idle worker can take over."""
+    (BUILT_ONCE), and the rest. pytest-xdist's worksteal scheduler gives each of the two workers
+    one half of this order, so the second half is made to begin with the files that serve the app
+    (APP): one worker builds the shared models while the other loads the app once and runs the tests
+    that need no TensorFlow, instead of waiting on the build's lock or loading the app twice. Files
+    that need neither fill the first half up to its end (one of them may be cut in two: they share
+    nothing costly); the run ends on short tests that an idle worker can take over."""
     import readme_runs
 
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
@@ -286,15 +289,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return sum(words[0] == "flower_demo.train" for _, words in group), len(group)
 
     readme.sort(key=cost, reverse=True)
-    rest = [item for item in items if item not in readme]
-    builders = {item.path for item in rest if BUILT_ONCE in item.fixturenames}
     files: dict[Path, list[pytest.Item]] = {}
-    for item in rest:
-        files.setdefault(item.path, []).append(item)
-    front_files = [file_items for path, file_items in files.items() if path in builders]
-    free_items = [item for path, file_items in files.items() if path not in builders for item in file_items]
-    half = len(items) // 2  # the first worker's share: whole builder files up to it, then the free ones
+    for item in items:
+        if item not in readme:
+            files.setdefault(item.path, []).append(item)
+
+    def using(fixture: str) -> set[Path]:
+        return {
+            path for path, file_items in files.items() if any(fixture in i.fixturenames for i in file_items)
+        }  # noqa: E501
+
+    def items_of(paths: set[Path]) -> list[pytest.Item]:
+        return [item for path, file_items in files.items() if path in paths for item in file_items]
+
+    builders = using(BUILT_ONCE)
+    app = using(APP) - builders
+    half = len(items) // 2  # the first worker's share
     first = list(readme)
-    while front_files and len(first) + len(front_files[0]) <= half:
-        first += front_files.pop(0)
-    items[:] = first + free_items + [item for file_items in front_files for item in file_items]
+    builder_files = [file_items for path, file_items in files.items() if path in builders]
+    while builder_files and len(first) + len(builder_files[0]) <= half:
+        first += builder_files.pop(0)
+    plain = items_of(set(files) - builders - app)
+    fill = max(0, half - len(first))
+    items[:] = first + plain[:fill] + items_of(app) + plain[fill:] + [i for f in builder_files for i in f]
