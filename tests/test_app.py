@@ -374,7 +374,9 @@ def test_full_queue_answers_busy_try_again(small_app: str) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.utils import QueueError
 
-    client = Client(small_app, verbose=False)
+    # download_files=False: the answers' files are not fetched; this app deletes files a second old,
+    # which on a busy machine can be before the client asks for them
+    client = Client(small_app, verbose=False, download_files=False)
     jobs = [
         client.submit(handle_file(str(FLOWERS[i % len(FLOWERS)])), api_name="/predict") for i in range(12)
     ]
