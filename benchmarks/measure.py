@@ -451,8 +451,7 @@ def bench_training(
     if gpu:  # as train.run does
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = models.create_model(backbone, num_classes, size, None, config.dropout)
-    trained_from = metadata.get("training", {}).get("fine_tune_from")
-    cut = cut or trained_from or models.BACKBONES[backbone].fine_tune_from
+    cut = models.fine_tune_cut(backbone, cut or metadata.get("training", {}).get("fine_tune_from"))
     bottom, top = stages.split_model(model, backbone, cut)
 
     log(f"training: decoding {n_images} images at {size}px, caching {TRAIN_VIEWS} views of activations")

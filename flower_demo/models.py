@@ -232,6 +232,11 @@ def gpu_available() -> bool:
     return False
 
 
+def fine_tune_cut(backbone: str, chosen: str | None = None) -> str:
+    """The layer stage 2 fine-tunes from: the one chosen (`--fine-tune-from`), else the registry's."""
+    return chosen or BACKBONES[backbone].fine_tune_from
+
+
 def backbone_of(model: keras.Model) -> keras.Layer:
     return model.get_layer("backbone")
 

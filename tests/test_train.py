@@ -137,7 +137,7 @@ def kernel_changes(run_dir: Path, weights: Path) -> tuple[list[float], list[floa
     model, metadata = models.load_model(run_dir)
     tuned = models.backbone_of(model)
     start = models.create_backbone("mobilenet_v2", SIZE, str(weights))  # what training began with
-    name = metadata["training"]["fine_tune_from"] or models.BACKBONES["mobilenet_v2"].fine_tune_from
+    name = models.fine_tune_cut("mobilenet_v2", metadata["training"]["fine_tune_from"])
     cut = [layer.name for layer in tuned.layers].index(name)
 
     norms = [layer for layer in tuned.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -142,7 +142,7 @@ def prepare(config: TrainConfig) -> Prepared:
     model = models.create_model(config.backbone, len(names), config.image_size, weights, config.dropout)
     fine_tune_from = None  # with --fine-tune whole, stage 1 caches the whole frozen backbone's features
     if config.stage2_epochs > 0 and not whole(config) and not config.backbone.startswith(models.HUB_PREFIX):
-        fine_tune_from = config.fine_tune_from or models.BACKBONES[config.backbone].fine_tune_from
+        fine_tune_from = models.fine_tune_cut(config.backbone, config.fine_tune_from)
     bottom, top = stages.split_model(model, config.backbone, fine_tune_from)
     return Prepared(train, val, model, bottom, top, fine_tune_from, teacher)
 
