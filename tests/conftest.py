@@ -214,8 +214,8 @@ def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path
 
 @pytest.fixture(scope="session")
 def readme_scratch(tmp_path_factory, mobilenet_weights: Path) -> dict[str, Path]:
-    """The folder README's commands run in (readme_runs.make_scratch), one for every worker, and
-    what fills README's placeholders."""
+    """The folder README's commands run in (readme_runs.make_scratch), one shared by every worker,
+    and what fills README's placeholders."""
     import readme_runs  # here, not at the top: it imports TensorFlow, which xdist's controller never needs
 
     if not (REPO_ROOT / "weights" / "model.tflite").is_file():
@@ -297,7 +297,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def using(fixture: str) -> set[Path]:
         return {
             path for path, file_items in files.items() if any(fixture in i.fixturenames for i in file_items)
-        }  # noqa: E501
+        }
 
     def items_of(paths: set[Path]) -> list[pytest.Item]:
         return [item for path, file_items in files.items() if path in paths for item in file_items]

@@ -198,14 +198,17 @@ def filled(words: list[str], scratch: dict[str, Path]) -> list[str]:
 
 def check(part: str, words: list[str], cwd: Path) -> str:
     """Run one command as users do and check it worked: exit 0, no traceback and none of
-    TensorFlow's start-up notices on stderr (where calibrate says how it is getting on),
-    plain lines on stdout (no live progress bars), its expected output. Returns what it printed."""
+    TensorFlow's start-up notices on stderr (where calibrate says how it is getting on; training
+    writes nothing there at all), plain lines on stdout (no live progress bars), its expected output.
+    Returns what it printed."""
     module, *args = words
     if module == "flower_demo.train" and "--resume" in args:  # needs a run to pick up: made here first
         interrupted_run(args, cwd)
     result = run_module(module, *args, cwd=cwd)
     assert result.returncode == 0, f"{part}\n{result.stderr}"
     assert "Traceback" not in result.stderr and not STARTUP_NOISE.search(result.stderr), part
+    if module == "flower_demo.train":
+        assert result.stderr == "", f"{part}\n{result.stderr}"
     assert "\x1b" not in result.stdout and "\b" not in result.stdout, part
     assert re.search(EXPECTED_OUTPUT[module], result.stdout, re.M), f"{part}\n{result.stdout}"
     return result.stdout

@@ -387,7 +387,7 @@ QUICK_COLOURS = {
 def test_quick_recipe_learns_tiny_data(tmp_path, mobilenet_weights):
     """--quick on 6 classes (chance 17%): well above chance, plain progress lines, no cache left.
     In this process and not exported: README's quick command runs as users run it (test_readme,
-    which also checks that no command writes to stderr), and the resumed run here checks that
+    which also checks that training writes nothing to stderr), and the resumed run here checks that
     LiteRT serves an exported run with the figure it measured."""
     tree = make_class_tree(tmp_path / "six", QUICK_COLOURS, per_class=10, size=40)
     run_dir = tmp_path / "run"

@@ -527,3 +527,16 @@ def test_outputs_without_validation(tmp_path, capsys):
     assert "trained on 2 images with no validation split" in printed
     assert not (tmp_path / "report").exists() and (tmp_path / "model.keras").is_file()
     assert not (tmp_path / "model.tflite").exists() and "--no-export" in printed
+
+
+def test_whole_mode_caches_the_whole_backbones_pooled_features(tiny_class_tree, mobilenet_weights):
+    """--fine-tune whole: no cut, so stage 1 caches what the whole frozen backbone pools (1,280
+    features per view for MobileNetV2), and stage 2 trains on photos augmented afresh. (The whole
+    run itself: test_train, on README's run.)"""
+    whole = cli.parse_args([
+        "--image-folder", str(tiny_class_tree), "--weights", str(mobilenet_weights), "--image-size", "32",
+        "--fine-tune", "whole", "--stage2-epochs", "1",
+    ])  # fmt: skip
+    parts = pipeline.prepare(whole)
+    assert parts.fine_tune_from is None and parts.top is None
+    assert parts.bottom.output_shape == (None, 1280)
