@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # plain `pytest` does not put the repo root 
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="flower_demo_tests_gradio_")
 atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
+import readme_runs  # noqa: E402
 from helpers import (  # noqa: E402
     TINY_CLASSES,
     TINY_COLOURS,
@@ -216,8 +217,6 @@ def trained_run(tmp_path_factory, tiny_class_tree: Path, mobilenet_weights: Path
 def readme_scratch(tmp_path_factory, mobilenet_weights: Path) -> dict[str, Path]:
     """The folder README's commands run in (readme_runs.make_scratch), one shared by every worker,
     and what fills README's placeholders."""
-    import readme_runs  # here, not at the top: it imports TensorFlow, which xdist's controller never needs
-
     if not (REPO_ROOT / "weights" / "model.tflite").is_file():
         pytest.skip("README's commands use the shipped model in weights/")
     root = built_once(tmp_path_factory, "readme", readme_runs.make_scratch)
@@ -229,7 +228,6 @@ def readme_group(tmp_path_factory, readme_scratch: dict[str, Path]) -> Callable[
     """readme_group(i) runs readme_runs.GROUPS[i] in readme_scratch once per test run (the first
     worker to ask runs it, the others wait) and returns what each command printed, by README line.
     The groups share nothing they write, so they run in the same folder at the same time."""
-    import readme_runs
 
     def run(index: int) -> dict[str, str]:
         def build(folder: Path) -> None:
@@ -280,8 +278,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     that need no TensorFlow, instead of waiting on the build's lock or loading the app twice. Files
     that need neither fill the first half up to its end (one of them may be cut in two: they share
     nothing costly); the run ends on short tests that an idle worker can take over."""
-    import readme_runs
-
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
 
     def cost(item: pytest.Item) -> tuple[int, int]:
