@@ -103,8 +103,6 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
     if quantize == "int8" and not representative:
         raise FlowerDemoError("int8 quantization needs representative images")
     signature = [tf.TensorSpec((1, size, size, 3), tf.float32, name="image")]
-    # Through a SavedModel: converting a Keras 3 model's concrete function directly leaves its
-    # weights as variables (VAR_HANDLE ops) instead of constants in the file.
     with tempfile.TemporaryDirectory(prefix="flower_demo_export_") as saved:
         try:
             with (
@@ -112,9 +110,8 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
                 warnings.catch_warnings(),
                 model_files.native_stderr_filtered(CONVERTER_NOISE),
             ):
-                warnings.simplefilter("ignore")  # Keras prints the signature, the converter warns
-                serving = models.serving_model(model)
-                serving.export(saved, format="tf_saved_model", input_signature=signature, verbose=False)
+                warnings.simplefilter("ignore")  # the converter warns
+                save_serving_function(models.serving_model(model), signature, saved)
                 converter = tf.lite.TFLiteConverter.from_saved_model(saved)
                 if quantize == "float16":
                     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -131,6 +128,26 @@ def convert(model: Any, size: int, quantize: str, representative: list[ImageLike
         except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError ...
             reason = first_line(exc)
             raise FlowerDemoError(f"TFLite conversion failed: {reason}") from None
+
+
+def save_serving_function(serving: Any, signature: list[Any], folder: str) -> None:
+    """Save `serving`'s forward pass as a SavedModel of one function and the variables it reads,
+    which the converter turns into constants.
+
+    Only the function and its variables: a whole Keras model (`Model.export`) also saves its layer
+    graph, which takes twice as long to write and is not converted. The variables are the
+    TensorFlow ones the function captures, a TF-Hub module's as well as the Keras model's; saving
+    the function without them would leave VAR_HANDLE ops in the file, which answers NaN.
+    """
+    import tensorflow as tf
+
+    function = tf.function(
+        lambda image: serving(image, training=False), input_signature=signature, autograph=False
+    )
+    concrete = function.get_concrete_function()
+    holder = tf.Module()
+    holder.captured = list(concrete.variables)
+    tf.saved_model.save(holder, folder, signatures=concrete)
 
 
 def export_tflite(

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import TINY_CLASSES, TINY_SIZE
 
-from flower_demo import FlowerDemoError, model_files, models
+from flower_demo import FlowerDemoError, core, export, model_files, models
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.uniform(0, 255, (3, TINY_SIZE, TINY_SIZE, 3)).astype("float32")
@@ -137,6 +137,10 @@ def test_hub_backbone_round_trip(hub_module_dir, tmp_path):
     assert loaded_metadata["backbone"] == backbone
     assert isinstance(models.backbone_of(loaded), models.HubFeatureExtractor)
     np.testing.assert_allclose(outputs(loaded, pixels), before, atol=1e-6)
+
+    # exported, the module's variables are constants in the file, which LiteRT runs as Keras did
+    lite = core.LiteRTEngine(export.export_tflite(tmp_path / "hub_model"))
+    np.testing.assert_allclose(lite(pixels)[model_files.PROBABILITIES], before, atol=1e-5)
 
     # the module is re-loaded from its handle, so it must still be there
     shutil.rmtree(hub_module_dir)
