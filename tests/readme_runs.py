@@ -11,6 +11,7 @@ import io
 import re
 import shlex
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -22,7 +23,8 @@ from flower_demo import train
 from flower_demo.model_files import STARTUP_NOISE
 
 README = REPO_ROOT / "README.md"
-PARALLEL = 2  # commands at once: this machine's cores
+PARALLEL = 2  # commands at once, over every group a worker runs: this machine's cores
+SLOTS = threading.BoundedSemaphore(PARALLEL)  # taken by each command while it runs (check)
 NON_FLOWERS_PER_PART = 8  # calibrate's non-flower photos: 8 to choose the rule on, 8 held out
 TRAIN_SPEEDUP = [
     *["--image-size", "32", "--stage1-epochs", "1", "--stage2-epochs", "1", "--views", "1"],
@@ -157,9 +159,9 @@ def earlier_sharing(touched: list[tuple[set[str], set[str]]], i: int) -> list[in
 
 
 def run_in_order(jobs: list[tuple[list[str], Callable[[], str]]]) -> list[str]:
-    """Run the commands two at a time, each after every earlier command it shares a written path
-    with: the order README gives, where it matters, in about half the time on two cores. Returns
-    what each printed."""
+    """Run the commands two at a time (the jobs take SLOTS: two at a time with other groups' too),
+    each after every earlier command it shares a written path with: the order README gives, where
+    it matters, in about half the time on two cores. Returns what each printed."""
     touched = [touches(words) for words, _ in jobs]
     futures: list[Future] = []
 
@@ -202,9 +204,10 @@ def check(part: str, words: list[str], cwd: Path) -> str:
     writes nothing there at all), plain lines on stdout (no live progress bars), its expected output.
     Returns what it printed."""
     module, *args = words
-    if module == "flower_demo.train" and "--resume" in args:  # needs a run to pick up: made here first
-        interrupted_run(args, cwd)
-    result = run_module(module, *args, cwd=cwd)
+    with SLOTS:
+        if module == "flower_demo.train" and "--resume" in args:  # needs a run to pick up: made first
+            interrupted_run(args, cwd)
+        result = run_module(module, *args, cwd=cwd)
     assert result.returncode == 0, f"{part}\n{result.stderr}"
     assert "Traceback" not in result.stderr and not STARTUP_NOISE.search(result.stderr), part
     if module == "flower_demo.train":
