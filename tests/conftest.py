@@ -278,6 +278,7 @@ def pytest_configure(config):
 
 BUILT_ONCE = "mobilenet_weights"  # every fixture that built_once builds with TensorFlow needs these
 APP = "app_module"  # app.py imported (its model loaded): once per worker that asks
+JAX_RUNS = "jax_runs"  # test_jax's two training runs on JAX (most of a minute): first of the builders
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected: the halves are of the tests that run
@@ -289,7 +290,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (APP): one worker builds the shared models while the other loads the app once and runs the tests
     that need no TensorFlow, instead of waiting on the build's lock or loading the app twice. Files
     that need neither fill the first half up to its end (one of them may be cut in two: they share
-    nothing costly); the run ends on short tests that an idle worker can take over."""
+    nothing costly); the run ends on short tests that an idle worker can take over, so the longest
+    builder (JAX_RUNS) comes first."""
     readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
 
     def cost(item: pytest.Item) -> tuple[int, int]:
@@ -311,6 +313,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return [item for path, file_items in files.items() if path in paths for item in file_items]
 
     builders = using(BUILT_ONCE)
+    longest = using(JAX_RUNS)
+    files = {path: files[path] for path in sorted(files, key=lambda path: path not in longest)}
     app = using(APP) - builders
     half = len(items) // 2  # the first worker's share
     first = list(readme)
