@@ -187,6 +187,16 @@ def tiny_statistics(tiny_model_dir: Path, tiny_photos) -> dict:
     )
 
 
+def test_classifier_head_comes_from_the_keras_model_an_engine_runs(
+    tiny_model_dir: Path, tiny_keras_classifier
+):
+    """Read from the model a Keras engine has loaded already (a --folds run without model.tflite),
+    it is what model.keras holds."""
+    from_engine = folds.classifier_head(tiny_model_dir, tiny_keras_classifier.engine)
+    for read, held in zip(folds.classifier_head(tiny_model_dir), from_engine):
+        np.testing.assert_array_equal(read, held)
+
+
 def with_rule(
     source: Path, folder: Path, rule: str, statistics: dict, threshold: float = -1e9, k: int = 2
 ) -> Path:

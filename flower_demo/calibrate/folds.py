@@ -67,11 +67,12 @@ def forward(engine: Any, items: list[Any], batch_size: int = 32) -> Outputs:
     }
 
 
-def classifier_head(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The dense classifier's kernel (d, classes) and bias, read from model.keras (energy needs them)."""
+def classifier_head(model_path: str | Path, engine: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The dense classifier's kernel (d, classes) and bias (energy needs them): from the Keras model
+    the engine runs, if it runs one, else read from model.keras (seconds: the whole model is built)."""
     from flower_demo import models
 
-    model, _ = models.load_model(model_path)
+    model = getattr(engine, "model", None) or models.load_model(model_path)[0]
     layer = model.get_layer("classifier")
     return np.asarray(layer.kernel, np.float32), np.asarray(layer.bias, np.float32)
 
@@ -100,7 +101,7 @@ def training_statistics(
     train = data.load_oxford_splits(data_dir, splits)
     labels = model_labels(train, class_names, model_path)
     features = forward(engine, list(train.items))[FEATURES]
-    statistics = fit_statistics(features, labels, len(class_names), *classifier_head(model_path))
+    statistics = fit_statistics(features, labels, len(class_names), *classifier_head(model_path, engine))
     return Trained(list(train.items), labels, statistics)
 
 
