@@ -175,7 +175,7 @@ def test_export_into_the_model_folder(tiny_model_dir: Path, tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def shipped_exports(shipped_model_dir: Path, tmp_path_factory) -> Path:
-    """The int8 export of the shipped model (about 25 s on a 2-core machine). Its float16 export is
+    """The int8 export of the shipped model (9 to 14 s on a 2-core machine). Its float16 export is
     README's own command, checked the same way by test_readme."""
     out = tmp_path_factory.mktemp("shipped_tflite")
     for quantize in ("int8",):

@@ -12,8 +12,8 @@ training commands get TRAIN_SPEEDUP appended (argparse lets the last value win),
 so that a training run takes seconds: stage 2 tunes only the backbone's last block (its graph is
 what costs time to build; `--quick`, whose preset has no stage 2, keeps none), and no model.tflite
 or validation report is written at the end (the
-conversion costs more than the tiny run, and drawing the 102-class report about 15% of it; test_train's
-resumed run checks that export, conftest's shared run the report). A command that repeats another
+conversion adds about 5 s of CPU time to each tiny run, and drawing the 102-class report about 15%;
+test_train's resumed run checks that export, conftest's shared run the report). A command that repeats another
 one's run but for its run folder (REPEATS) is checked to parse to the same options instead of
 training again; the run that README's `--resume` picks up is made in this process (TensorFlow is
 loaded here already), and the command itself runs as users run it. The commands and their running
@@ -21,8 +21,9 @@ live in readme_runs.py; conftest's readme_group runs each group once per test ru
 folder shared by the workers, so test_train checks README's `--fine-tune whole` run folder instead
 of training one of its own. The full recipes' figures are
 measured, with their commands, in README itself. Commands that share nothing they write form
-separate tests (command_groups), which pytest-xdist spreads over the cores; inside a group they run
-two at a time, each after every earlier one that writes what it reads or writes (run_in_order).
+separate tests (command_groups); the first of them starts every group, and the commands of all
+groups run two at a time (readme_runs.SLOTS), each after every earlier one of its group that writes
+what it reads or writes (run_in_order).
 README's float16 export is also checked to name the same species as the shipped model on the
 fixture photos. `calibrate` gets `--photos` with a few of ood_photos/ (NON_FLOWERS_PER_PART of each
 part): decoding all 199 photos for each model was most of its time. README's `export --model
