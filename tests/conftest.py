@@ -227,15 +227,16 @@ def readme_scratch(tmp_path_factory, mobilenet_weights: Path) -> dict[str, Path]
 
 @pytest.fixture(scope="session")
 def readme_group(
-    tmp_path_factory, readme_scratch: dict[str, Path]
+    request, tmp_path_factory, readme_scratch: dict[str, Path]
 ) -> Iterator[Callable[[int], dict[str, str]]]:
     """readme_group(i) runs readme_runs.GROUPS[i] in readme_scratch once per test run (the first
     worker to ask runs it, the others wait) and returns what each command printed, by README line.
 
     The groups share nothing they write, so they run in the same folder at the same time: the first
-    call starts every group in the background, and their commands share the cores (readme_runs.SLOTS).
-    One group alone is mostly a chain of commands that wait on each other, which left a core idle."""
-    groups = range(len(readme_runs.GROUPS))
+    call also starts the groups of every README test this run selected (the longest first) in the
+    background, and their commands share the cores (readme_runs.SLOTS). One group alone is mostly a
+    chain of commands that wait on each other, which left a core idle."""
+    selected = {item.callspec.params["index"] for item in request.session.items if is_readme_test(item)}
     started: dict[int, Future] = {}
 
     def build(index: int, folder: Path) -> None:
@@ -243,13 +244,18 @@ def readme_group(
         (folder / "printed.json").write_text(json.dumps(printed))
 
     def run(index: int) -> dict[str, str]:
-        if not started:
-            for i in groups:
+        for i in [index] if started else sorted(selected | {index}, key=readme_runs.group_cost, reverse=True):
+            if i not in started:
                 started[i] = pool.submit(built_once, tmp_path_factory, f"readme_group_{i}", partial(build, i))
         return json.loads((started[index].result() / "printed.json").read_text())
 
-    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+    with ThreadPoolExecutor(max_workers=len(readme_runs.GROUPS)) as pool:
         yield run
+
+
+def is_readme_test(item: pytest.Item) -> bool:
+    """A test of one group of README's commands (test_readme's parametrized test)."""
+    return item.nodeid.startswith("tests/test_readme.py::test_readme_commands")
 
 
 @pytest.fixture(scope="session")
@@ -292,13 +298,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     that need neither fill the first half up to its end (one of them may be cut in two: they share
     nothing costly); the run ends on short tests that an idle worker can take over, so the longest
     builder (JAX_RUNS) comes first."""
-    readme = [item for item in items if item.nodeid.startswith("tests/test_readme.py::test_readme_commands")]
-
-    def cost(item: pytest.Item) -> tuple[int, int]:
-        group = readme_runs.GROUPS[item.callspec.params["index"]]
-        return sum(words[0] == "flower_demo.train" for _, words in group), len(group)
-
-    readme.sort(key=cost, reverse=True)
+    readme = [item for item in items if is_readme_test(item)]
+    readme.sort(key=lambda item: readme_runs.group_cost(item.callspec.params["index"]), reverse=True)
     files: dict[Path, list[pytest.Item]] = {}
     for item in items:
         if item not in readme:

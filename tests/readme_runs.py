@@ -260,6 +260,13 @@ def run_group(group: list[tuple[str, list[str]]], scratch: dict[str, Path]) -> d
     return dict(zip((part for part, _ in group), run_in_order(jobs)))
 
 
+def group_cost(index: int) -> tuple[int, int]:
+    """How long GROUPS[index] takes, roughly: its training runs (each the most costly command),
+    then its commands; the longest groups start first."""
+    group = GROUPS[index]
+    return sum(words[0] == "flower_demo.train" for _, words in group), len(group)
+
+
 def group_running(fragment: str) -> int:
     """The index in GROUPS of the group that runs the README command holding `fragment`."""
     (index,) = [i for i, group in enumerate(GROUPS) if any(fragment in part for part, _ in group)]
