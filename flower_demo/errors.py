@@ -1,6 +1,8 @@
-"""The one exception type the public API raises for anything a user can get wrong, and the one line
-that names what to install when an optional package is missing."""
+"""The one exception type the public API raises for anything a user can get wrong, the one line
+that names what to install when an optional package is missing, and how a command ends."""
 
+import atexit
+import gc
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -40,9 +42,24 @@ def missing_package(exc: ModuleNotFoundError) -> FlowerDemoError:
     return FlowerDemoError(f"this needs {package}, which is not installed: {install}")
 
 
+def skip_last_collection() -> None:
+    """Let this process end without the garbage collector's last pass over what is still alive.
+
+    TensorFlow and Keras leave about half a million objects behind, and the interpreter's collection
+    at exit walks and frees them one by one: 1.2 to 1.5 s of CPU at the end of every command that
+    imported them (measured on a 2-core CPU machine; about a sixth of a short command), for memory
+    the operating system takes back at once. gc.freeze() at exit puts them out of its reach; atexit
+    handlers, file flushes and reference-counted clean-up still run, and nothing changes before exit.
+    """
+    atexit.unregister(gc.freeze)  # registered once, however many commands a process runs
+    atexit.register(gc.freeze)
+
+
 def exit_status(work: Callable[[], Any], failed: int = 1) -> int:
     """Run a command's work: 0 when it ends, else `failed` with one `error:` line on stderr for what
-    a user can mend (a FlowerDemoError, or an optional package that is not installed)."""
+    a user can mend (a FlowerDemoError, or an optional package that is not installed). The process
+    then ends without its last garbage collection (skip_last_collection)."""
+    skip_last_collection()
     try:
         work()
     except FlowerDemoError as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flower_demo import core
-from flower_demo.errors import FlowerDemoError, missing_package
+from flower_demo.errors import FlowerDemoError, missing_package, skip_last_collection
 from flower_demo.explain import save_overlay
 from flower_demo.images import list_images
 
@@ -210,6 +210,7 @@ def classify(args: argparse.Namespace, classifier: core.Classifier) -> list[dict
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    skip_last_collection()  # as every command does (errors.exit_status): --engine keras loads TensorFlow
     try:
         classifier = open_classifier(args)
     except FlowerDemoError as exc:

@@ -47,6 +47,8 @@ from helpers import (  # noqa: E402
     save_tiny_model,
 )
 
+from flower_demo.errors import skip_last_collection  # noqa: E402
+
 # --- the shipped model -----------------------------------------------------------------------
 
 
@@ -274,6 +276,7 @@ def tiny_keras_classifier(tiny_model_dir: Path):
 
 
 def pytest_configure(config):
+    skip_last_collection()  # each pytest process imports TensorFlow too: it ends as a command does
     config.addinivalue_line(
         "markers",
         "slow: starts a separate Python process (TensorFlow start-up) or a browser (test_browser), "

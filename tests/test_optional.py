@@ -1,7 +1,8 @@
 """With only requirements.txt installed, every command's --help works, and a command that needs an
 optional package that is missing says in one `error:` line what to install, with no traceback
 (errors.missing_package: the train extra for TensorFlow, Keras, SciPy, scikit-learn; matplotlib
-alone for a plot).
+alone for a plot). Every command also ends without the garbage collector's last pass
+(errors.skip_last_collection), however it ends.
 
 The optional packages are hidden from a separate Python process (HIDE): every finder on its
 sys.meta_path is wrapped so that it finds none of them, as in an environment where they were never
@@ -138,3 +139,35 @@ def test_train_help_names_every_backbone() -> None:
     from flower_demo.train import cli
 
     assert cli.BACKBONE_NAMES == ", ".join(models.BACKBONES)
+
+
+# python -c PROBE MODULE ARGS... runs `python -m MODULE ARGS...` and says at exit, after every atexit
+# handler the command registered has run, whether gc.freeze() put the objects left out of reach.
+PROBE = """
+import atexit, gc, runpy, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+sys.argv[:] = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("flower_demo.predict", ["{tmp}/no_such_photo.jpg"]),  # its own error handling
+        ("flower_demo.evaluate", ["--data-dir", "{tmp}/no_such_folder"]),  # errors.exit_status
+    ],
+    ids=["predict", "evaluate"],
+)
+def test_a_command_skips_the_last_collection(module: str, args: list[str], tmp_path: Path) -> None:
+    """The freeze is what ends a command; a process that ran none keeps Python's usual exit."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    run = lambda *argv: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", PROBE, *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    result = run(module, *[arg.format(tmp=tmp_path) for arg in args])
+    assert result.returncode != 0, result.stderr  # each of these fails, one line, before any work
+    frozen = result.stdout.strip().splitlines()[-1]
+    assert frozen == "frozen at exit: True", result.stdout + result.stderr
+    assert run("json.tool", "--help").stdout.strip().endswith("frozen at exit: False")
