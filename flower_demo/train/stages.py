@@ -125,12 +125,17 @@ def compile_stage(
     trainable: keras.Model, lr: float, epochs: int, steps_per_epoch: int, config: TrainConfig
 ) -> None:
     """AdamW with the run's weight decay and learning-rate schedule; smoothed cross-entropy.
-    (The weight average is a callback of `fit_stage`.)"""
+    (The weight average is a callback of `fit_stage`.) The metrics are objects made here, not
+    names: on TensorFlow, Keras builds a named metric inside the first training step, and a step
+    that creates variables is traced twice (seconds each for a whole backbone)."""
     rate = learning_rate(lr, epochs, steps_per_epoch, config.schedule, config.warmup_epochs)
     trainable.compile(
         optimizer=keras.optimizers.AdamW(rate, weight_decay=config.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(5, name="top5"),
+        ],
     )
 
 
