@@ -354,6 +354,28 @@ def test_stage_without_choice_runs_every_epoch_and_keeps_the_last(tmp_path, fixe
         np.testing.assert_array_equal(a, b)
 
 
+def test_no_variable_is_made_inside_the_training_step(tmp_path):
+    """Every variable a stage trains with exists before its first step: on TensorFlow a metric
+    named by a string is made inside that step, and TensorFlow then traces the step a second time
+    (seconds for a whole backbone)."""
+    import tensorflow as tf
+
+    made_in_a_step = []
+
+    def creator(next_creator, **kwargs):
+        if not tf.executing_eagerly():  # inside a traced function
+            made_in_a_step.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    views, targets = stage_data()
+    settings = config.TrainConfig(fixed_epochs=True, batch_size=4)
+    with tf.variable_creator_scope(creator), contextlib.redirect_stdout(io.StringIO()):
+        stages.fit_stage(
+            "stage1", tiny_head(), views, targets, (views[0], targets), 1, 0.1, settings, tmp_path
+        )
+    assert made_in_a_step == []
+
+
 def test_stage_resumes_and_extends(tmp_path):
     """A stage interrupted after epoch 2 of 3 goes on at epoch 3 with --resume, keeping the
     epochs before the interruption in its history; a finished stage is loaded, not rerun; a
