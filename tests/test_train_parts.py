@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import flowers102_folder
 
-from flower_demo import train
+from flower_demo import data, train
 from flower_demo.train import averaging, caching, cli, config, distill, outputs, pipeline, splits, stages
 
 # --- the config, its presets, --config ---------------------------------------------------------
@@ -407,6 +407,17 @@ def test_stage_resumes_and_extends(tmp_path):
 
 
 # --- the cache ---------------------------------------------------------------------------------
+
+
+def test_each_activation_step_is_traced_once_for_every_batch_length():
+    """The last batch of a cache is shorter than the others: it reuses each step's one trace."""
+    x = keras.Input((8, 8, 3))
+    bottom = keras.Model(x, keras.layers.Conv2D(4, 3)(x))
+    steps = caching.activation_steps(bottom, data.make_augmenter(seed=0))
+    pixels = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype("float32")
+    for step in steps:
+        assert [step(pixels[:n]).shape[0] for n in (5, 2)] == [5, 2]
+        assert step.experimental_get_tracing_count() == 1
 
 
 def test_cached_arrays_are_reused_only_under_their_key(tmp_path):

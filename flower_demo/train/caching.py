@@ -47,13 +47,18 @@ def save_cached(path: Path, key: str, array: np.ndarray) -> np.ndarray:
 
 def activation_steps(bottom: keras.Model, augmenter: keras.Model) -> tuple[Callable, Callable]:
     """(augment, forward): a float32 pixel batch -> augmented pixels, and pixels -> `bottom`'s
-    activations, each one compiled step (apart, so that teachers see the same augmented pixels)."""
+    activations, each one compiled step (apart, so that teachers see the same augmented pixels).
+    On TensorFlow each is traced once, for batches of any length: the last, shorter batch would
+    otherwise trace it again."""
     if keras.config.backend() == "tensorflow":  # one traced graph per step, not op by op
         import tensorflow as tf
 
-        augment = tf.function(lambda batch: augmenter(batch, training=True), autograph=False)
-        forward = tf.function(lambda batch: bottom(batch, training=False), autograph=False)
-        return augment, forward
+        spec = [tf.TensorSpec((None, *bottom.input_shape[1:]), tf.float32)]
+        compiled = lambda step: tf.function(step, input_signature=spec, autograph=False)
+        return (
+            compiled(lambda batch: augmenter(batch, training=True)),
+            compiled(lambda batch: bottom(batch, training=False)),
+        )
     # other Keras backends (e.g. JAX on a GPU): Keras compiles predict_on_batch
     return lambda batch: augmenter(batch, training=True), bottom.predict_on_batch
 
