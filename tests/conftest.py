@@ -280,7 +280,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "slow: starts a separate Python process (TensorFlow start-up) or a browser (test_browser), "
-        "needs a whole training run (its own or conftest's trained_run), or a model conversion beyond "
+        "needs a whole training run (its own or conftest's trained_run), builds Keras models of its own "
+        "(test_evaluate's and test_train's teachers: a few seconds each), or a model conversion beyond "
         "conftest's tiny model (a TFLite export, EfficientNet-Lite's ImageNet weights)",
     )
 

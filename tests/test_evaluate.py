@@ -3,7 +3,8 @@ one ensemble, their served probabilities averaged with each model decoding at it
 classes matched by name (a model listing them in another order, or knowing one more, is scored
 right; one lacking a class of the data is a one-line error); and the warning and the --json flag
 when a model is scored on photos its metadata says it trained on. The command runs as users run
-it, in a separate process, in test_report (`evaluate --report`) and test_readme."""
+it, in a separate process, in test_report (`evaluate --report`) and test_readme. The tests that
+build models of their own (a few seconds each) are marked slow."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def test_ensemble_is_the_mean_of_each_models_probabilities(
     np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_measures_several_models_as_one(
     tiny_model_dir: Path,
     second_model: Path,
@@ -138,6 +140,7 @@ def evaluate_json(capsys, *args: str) -> tuple[int, dict, list[str]]:
     return code, json.loads(out) if code == 0 else {}, err.splitlines()
 
 
+@pytest.mark.slow
 def test_classes_are_matched_by_name_in_another_order_and_with_one_more(
     superset_model: Path, tiny_class_tree: Path, capsys
 ) -> None:
@@ -159,6 +162,7 @@ def test_classes_are_matched_by_name_in_another_order_and_with_one_more(
     ]
 
 
+@pytest.mark.slow
 def test_an_answer_naming_a_class_the_data_lacks_is_wrong(
     tmp_path: Path, mobilenet_weights, tiny_class_tree, capsys
 ):
@@ -168,6 +172,7 @@ def test_an_answer_naming_a_class_the_data_lacks_is_wrong(
     assert code == 0 and summary["top1"] == 0.0 and summary["n"] == 6
 
 
+@pytest.mark.slow
 def test_an_ensemble_in_two_orders_is_averaged_by_name(
     tmp_path: Path, tiny_keras_classifier, mobilenet_weights: Path, tiny_class_tree: Path
 ) -> None:
@@ -188,6 +193,7 @@ def test_an_ensemble_in_two_orders_is_averaged_by_name(
     np.testing.assert_allclose(both, (first + second[:, ::-1]) / 2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_class_the_model_lacks_is_one_line(
     tmp_path: Path, tiny_model_dir: Path, superset_model: Path, tiny_class_tree: Path, capsys
 ) -> None:

@@ -1,8 +1,9 @@
 """Whole training runs on tiny class-per-folder data: the folder of the shared run (conftest's
 trained_run), reloading and serving it, what stage 2 may and may not change in the backbone; runs
-of their own (slow): resuming after a crash, the quick recipe, distillation; the whole-backbone mode
-on README's own run of it (conftest's readme_group); the errors found before any work, as users
-meet them. Each part on its own, with no whole run: test_train_parts.py."""
+of their own (slow): resuming after a crash, the quick recipe, distillation and its teachers (built
+here: slow too); the whole-backbone mode on README's own run of it (conftest's readme_group); the
+errors found before any work, as users meet them. Each part on its own, with no whole run:
+test_train_parts.py."""
 
 from __future__ import annotations
 
@@ -298,6 +299,7 @@ def first_class_teacher(tmp_path_factory, mobilenet_weights) -> Path:
     return constant_teacher(tmp_path_factory.mktemp("teacher"), mobilenet_weights, 0)
 
 
+@pytest.mark.slow
 def test_teachers_are_averaged(tmp_path, first_class_teacher, mobilenet_weights):
     second = constant_teacher(tmp_path / "second", mobilenet_weights, 1)
     teach = distill.load_teachers([str(first_class_teacher), str(second)], NAMES, SIZE)
@@ -341,6 +343,7 @@ def test_whole_fine_tune_needs_a_keras_backbone(tmp_path, tiny_class_tree, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_teachers_must_fit_the_run(tmp_path, first_class_teacher, tiny_class_tree, mobilenet_weights, capsys):
     args = train_args(tiny_class_tree, mobilenet_weights, tmp_path / "run", 1, 0)
     assert train.main([*args, "--image-size", "48", "--teachers", str(first_class_teacher)]) == 1
