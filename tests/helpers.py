@@ -77,6 +77,21 @@ def save_tiny_model(folder: Path, weights: Path, size: int, class_names: list[st
     return folder
 
 
+def constant_model(folder: Path, weights: Path, class_names: list[str], answer: str) -> Path:
+    """A saved model that answers `answer` at about 99.9% for every photo (zero kernel, biased
+    classifier): what it scores, or what a student learns from it, is known without running it."""
+    from flower_demo import models
+
+    model = models.create_model("mobilenet_v2", len(class_names), TINY_SIZE, str(weights))
+    kernel, _ = model.get_layer("classifier").get_weights()
+    bias = np.zeros(len(class_names), "float32")
+    bias[class_names.index(answer)] = 8.0
+    model.get_layer("classifier").set_weights([np.zeros_like(kernel), bias])
+    metadata = {"class_names": class_names, "image_size": TINY_SIZE, "backbone": "mobilenet_v2"}
+    models.save_model(model, folder, metadata)
+    return folder
+
+
 def is_trained(metadata: dict) -> bool:
     """Only a trained model can be held to naming species right; the tests' debug models are not."""
     trained = "metrics" in metadata or "estimate" in metadata

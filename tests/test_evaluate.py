@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_CLASSES, TINY_SIZE, error_lines, flowers102_folder, make_class_tree, save_tiny_model
+from helpers import (
+    TINY_CLASSES,
+    TINY_SIZE,
+    constant_model,
+    error_lines,
+    flowers102_folder,
+    make_class_tree,
+    save_tiny_model,
+)
 from PIL import Image
 
 OTHER_SIZE = TINY_SIZE + 16  # the second model decodes the photos at another size
@@ -106,22 +114,6 @@ def test_cli_prints_accuracy_per_class_and_saves_the_confusion_matrix(
     assert lines[6:] == [f"confusion matrix saved to {picture}"]
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.size == (1000, 1000)
-
-
-def constant_model(folder: Path, weights: Path, class_names: list[str], answer: str) -> Path:
-    """A saved model that answers `answer` at about 99.9% for every photo (zero kernel, biased
-    classifier): what it scores is known without running it."""
-    from flower_demo import models
-
-    model = models.create_model("mobilenet_v2", len(class_names), TINY_SIZE, str(weights))
-    kernel, _ = model.get_layer("classifier").get_weights()
-    bias = np.zeros(len(class_names), "float32")
-    bias[class_names.index(answer)] = 8.0
-    model.get_layer("classifier").set_weights([np.zeros_like(kernel), bias])
-    models.save_model(
-        model, folder, {"class_names": class_names, "image_size": TINY_SIZE, "backbone": "mobilenet_v2"}
-    )
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 import readme_runs
-from helpers import TINY_CLASSES, TINY_SIZE, make_class_tree, run_module
+from helpers import TINY_CLASSES, TINY_SIZE, constant_model, make_class_tree, run_module
 from PIL import Image
 
 from flower_demo import data, model_files, models, train
@@ -282,26 +282,14 @@ def test_whole_fine_tune_trains_every_layer_but_batchnorm(readme_group, readme_s
     assert predict(photo, Classifier(run_dir, engine="keras")).class_names[0] in metadata["class_names"]
 
 
-def constant_teacher(folder: Path, weights: Path, answer: int) -> Path:
-    """A teacher with a known answer: class `answer` at about 99.9% for every photo (zero kernel,
-    biased classifier), so a student that learns from it, and not from its labels, is easy to tell."""
-    teacher = models.create_model("mobilenet_v2", len(NAMES), SIZE, str(weights))
-    kernel, _ = teacher.get_layer("classifier").get_weights()
-    bias = np.zeros(len(NAMES), "float32")
-    bias[answer] = 8.0
-    teacher.get_layer("classifier").set_weights([np.zeros_like(kernel), bias])
-    models.save_model(teacher, folder, {"class_names": NAMES, "image_size": SIZE, "backbone": "mobilenet_v2"})
-    return folder
-
-
 @pytest.fixture(scope="module")
 def first_class_teacher(tmp_path_factory, mobilenet_weights) -> Path:
-    return constant_teacher(tmp_path_factory.mktemp("teacher"), mobilenet_weights, 0)
+    return constant_model(tmp_path_factory.mktemp("teacher"), mobilenet_weights, NAMES, NAMES[0])
 
 
 @pytest.mark.slow
 def test_teachers_are_averaged(tmp_path, first_class_teacher, mobilenet_weights):
-    second = constant_teacher(tmp_path / "second", mobilenet_weights, 1)
+    second = constant_model(tmp_path / "second", mobilenet_weights, NAMES, NAMES[1])
     teach = distill.load_teachers([str(first_class_teacher), str(second)], NAMES, SIZE)
     probabilities = teach(np.zeros((2, SIZE, SIZE, 3), "float32"))
     np.testing.assert_allclose(probabilities, [[0.4997, 0.4997, 0.0007]] * 2, atol=1e-3)
