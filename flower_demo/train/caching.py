@@ -49,18 +49,15 @@ def activation_steps(bottom: keras.Model, augmenter: keras.Model) -> tuple[Calla
     """(augment, forward): a float32 pixel batch -> augmented pixels, and pixels -> `bottom`'s
     activations, each one compiled step (apart, so that teachers see the same augmented pixels).
     On TensorFlow each is traced once, for batches of any length: the last, shorter batch would
-    otherwise trace it again."""
-    if keras.config.backend() == "tensorflow":  # one traced graph per step, not op by op
+    otherwise trace it again. The forward step is the serving core's (models.compiled_forward)."""
+    augment = lambda batch: augmenter(batch, training=True)
+    if keras.config.backend() == "tensorflow":  # one traced graph, not op by op
         import tensorflow as tf
 
-        spec = [tf.TensorSpec((None, *bottom.input_shape[1:]), tf.float32)]
-        compiled = lambda step: tf.function(step, input_signature=spec, autograph=False)
-        return (
-            compiled(lambda batch: augmenter(batch, training=True)),
-            compiled(lambda batch: bottom(batch, training=False)),
-        )
-    # other Keras backends (e.g. JAX on a GPU): Keras compiles predict_on_batch
-    return lambda batch: augmenter(batch, training=True), bottom.predict_on_batch
+        spec = tf.TensorSpec((None, *bottom.input_shape[1:]), tf.float32)
+        augment = tf.function(augment, input_signature=[spec], autograph=False)
+    # other Keras backends (e.g. JAX on a GPU): Keras compiles the layers' calls itself
+    return augment, models.compiled_forward(bottom)
 
 
 def cache_activations(
