@@ -116,6 +116,24 @@ def test_exported_outputs(tiny_model_dir: Path, tiny_keras_classifier) -> None:
 
 
 @pytest.mark.slow
+def test_the_converted_function_holds_the_weights_as_constants(tiny_keras_classifier, tmp_path: Path) -> None:
+    """The SavedModel the converter reads has no Keras variables (so no checkpoint to write and
+    restore) and answers what the Keras serving model answers."""
+    import tensorflow as tf
+
+    engine = tiny_keras_classifier.engine
+    signature = [tf.TensorSpec((1, TINY_SIZE, TINY_SIZE, 3), tf.float32, name="image")]
+    export.save_serving_function(engine.serving, signature, str(tmp_path))
+    saved = tf.saved_model.load(str(tmp_path))
+    assert list(saved.captured) == [] and not saved.signatures["serving_default"].variables
+    pixels = np.random.default_rng(1).uniform(0, 255, (1, TINY_SIZE, TINY_SIZE, 3)).astype(np.float32)
+    got, expected = saved.signatures["serving_default"](image=tf.constant(pixels)), engine(pixels)
+    assert set(got) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(got[name].numpy(), expected[name], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_export_errors(tiny_model_dir: Path, tiny_exports: Path, tmp_path: Path) -> None:
     with pytest.raises(FlowerDemoError, match="another folder"):
         export.export_tflite(tiny_model_dir, tiny_model_dir, "float16")
