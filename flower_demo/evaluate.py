@@ -202,11 +202,16 @@ def measure(args: argparse.Namespace) -> Measurement:
     """The models the arguments name, run on the split they name; the labels matched by name."""
     if args.report:
         report.check_out_dir(args.report)
-    classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
-    class_names = classifiers[0].metadata["class_names"]
+    # The classes are matched by the models' metadata before any model loads (a Keras one takes
+    # TensorFlow's seconds of start-up): data or models that do not fit are said at once.
+    names = [model_files.read_metadata(model)["class_names"] for model in args.model]
+    class_names, first = names[0], f"model {args.model[0]}"
     split = load_split(args)
-    columns = metrics.class_columns(class_names, split.class_names, f"model {args.model[0]}", "the data")
+    columns = metrics.class_columns(class_names, split.class_names, first, "the data")
+    for model, other in zip(args.model[1:], names[1:]):
+        metrics.same_classes(class_names, other, first, f"model {model}")
     labels = columns[np.asarray(split.labels, np.int64)]
+    classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
     probabilities = ensemble_probabilities(classifiers, split.items)
     page = None
     if args.report:  # the probabilities users are served (temperature-scaled if calibrated)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from helpers import (
     save_tiny_model,
 )
 from PIL import Image
+
+from flower_demo import model_files
 
 OTHER_SIZE = TINY_SIZE + 16  # the second model decodes the photos at another size
 EXTRA = "delta flower"  # a class the tiny tree does not hold
@@ -190,17 +193,25 @@ def test_a_class_the_model_lacks_is_one_line(
     tmp_path: Path, tiny_model_dir: Path, superset_model: Path, tiny_class_tree: Path, capsys
 ) -> None:
     """Data holding a class the model does not know, and an ensemble whose models name different
-    classes: one error line naming the first such class."""
+    classes: one error line naming the first such class, said from the models' metadata before any
+    model loads (a folder holding only its metadata.json gets the same line)."""
     from flower_demo.evaluate import main as evaluate_main
 
     colours = {"alpha flower": (220, 40, 40), "epsilon flower": (200, 200, 40)}
     other_tree = make_class_tree(tmp_path / "tree", colours, per_class=5, size=TINY_SIZE)
+    metadata_only = tmp_path / "metadata_only"
+    metadata_only.mkdir()
+    shutil.copy(superset_model / model_files.METADATA_FILE, metadata_only / model_files.METADATA_FILE)
     expected = {
         (
             (superset_model,),
             other_tree,
         ): f"the data has a class 'epsilon flower' that model {superset_model} does",
         ((tiny_model_dir, superset_model), tiny_class_tree): f"has a class '{EXTRA}' that model ",
+        ((metadata_only,), other_tree): (
+            f"the data has a class 'epsilon flower' that model {metadata_only} does"
+        ),
+        ((tiny_model_dir, metadata_only), tiny_class_tree): f"has a class '{EXTRA}' that model ",
     }
     for (models, tree), message in expected.items():
         assert evaluate_main(["--model", *map(str, models), "--image-folder", str(tree)]) == 1
