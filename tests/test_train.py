@@ -336,6 +336,12 @@ def test_teachers_must_fit_the_run(tmp_path, first_class_teacher, tiny_class_tre
     args = train_args(tiny_class_tree, mobilenet_weights, tmp_path / "run", 1, 0)
     assert train.main([*args, "--image-size", "48", "--teachers", str(first_class_teacher)]) == 1
     assert "takes 32 px, this run 48 px" in capsys.readouterr().err
+    # said from its metadata before any teacher loads: a folder of metadata alone gets the same line
+    metadata_only = tmp_path / "metadata_only"
+    metadata_only.mkdir()
+    shutil.copy(first_class_teacher / "metadata.json", metadata_only / "metadata.json")
+    assert train.main([*args, "--image-size", "48", "--teachers", str(metadata_only)]) == 1
+    assert f"teacher {metadata_only} takes 32 px, this run 48 px" in capsys.readouterr().err
     whole = ["--stage2-epochs", "1", "--fine-tune", "whole"]
     assert train.main([*args, *whole, "--teachers", str(first_class_teacher)]) == 1
     assert "--teachers needs --fine-tune cached" in capsys.readouterr().err

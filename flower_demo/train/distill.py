@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flower_demo import metrics, models
+from flower_demo import metrics, model_files, models
 from flower_demo.errors import FlowerDemoError
 
 
@@ -20,16 +20,16 @@ def load_teachers(paths: list[str], class_names: list[str], image_size: int) -> 
     A teacher's classes are matched by name: it may list them in another order, or know more
     (its probabilities of the run's classes are then renormalised); one that lacks a class of the
     run, or takes another input size, is a one-line error."""
-    forwards = []
-    for path in paths:
-        teacher, metadata = models.load_model(path)
-        columns = metrics.class_columns(
-            metadata["class_names"], class_names, f"teacher {path}", "the training data"
-        )
-        if int(teacher.input_shape[1]) != image_size:
-            size = teacher.input_shape[1]
-            raise FlowerDemoError(f"teacher {path} takes {size} px, this run {image_size} px")
-        forwards.append((models.compiled_forward(teacher), columns))
+    orders = []
+    for path in paths:  # every teacher checked by its metadata before any is loaded (seconds each)
+        metadata = model_files.read_metadata(path)
+        name = f"teacher {path}"
+        orders.append(metrics.class_columns(metadata["class_names"], class_names, name, "the training data"))
+        if int(metadata["image_size"]) != image_size:
+            raise FlowerDemoError(f"{name} takes {metadata['image_size']} px, this run {image_size} px")
+    forwards = [
+        (models.compiled_forward(models.load_model(path)[0]), order) for path, order in zip(paths, orders)
+    ]
     return lambda pixels: np.mean(
         [metrics.among(np.asarray(forward(pixels)), columns) for forward, columns in forwards], axis=0
     )
