@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -249,12 +250,13 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_importing_tensorflow_through_models_is_quiet_and_keeps_other_lines():
     """oneDNN, cuda, absl and CPU-feature notices stay off stderr (a fresh process prints them);
-    quiet_startup drops only such notices: a real warning and Python's own lines stay. One process,
-    one TensorFlow start-up."""
+    quiet_startup drops only such notices: a real warning and Python's own lines stay. The import
+    leaves the garbage collector on, with what it made frozen (collector_paused). One process, one
+    TensorFlow start-up."""
     code = (
-        "import os, sys\n"
+        "import gc, os, sys\n"
         "import flower_demo.models, keras\n"
-        "print(keras.ops.ones(2).shape)\n"
+        "print(keras.ops.ones(2).shape, gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
         "from flower_demo.model_files import quiet_startup\n"
         "with quiet_startup():\n"
         "    os.write(2, b'I0000 00:00 1 port.cc:153] oneDNN custom operations are on.\\n')\n"
@@ -264,8 +266,26 @@ def test_importing_tensorflow_through_models_is_quiet_and_keeps_other_lines():
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(2,)"
+    assert result.stdout.strip() == "(2,) True True"
     assert result.stderr.splitlines() == ["W0000 00:00 1 a real warning", "a python message"]
+
+
+def test_collector_paused_keeps_what_was_made_out_of_later_collections():
+    """No collection inside; after it, every object that exists is frozen (never walked again) and
+    the collector is as the program left it: on, or off."""
+    before = gc.get_freeze_count()
+    with model_files.collector_paused():
+        assert not gc.isenabled()
+        made = [[i] for i in range(1000)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= before + len(made)
+    gc.disable()
+    try:
+        with model_files.collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_vgg16_registry_entry_fits_the_network():
