@@ -37,13 +37,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
-
 from flower_demo.core import DEFAULT_TOP_K, Classifier, Prediction, predict
 from flower_demo.errors import FlowerDemoError
 from flower_demo.explain import heatmap, overlay
 from flower_demo.imprint import MAX_PHOTOS, MIN_PHOTOS
+from flower_demo.model_files import collector_paused
 from flower_demo.neighbours import DEFAULT_NEIGHBOURS
+
+with collector_paused():  # Gradio's objects live as long as the app: no collection walks them
+    import gradio as gr
 
 TOP_K = DEFAULT_TOP_K  # the chart's rows: every one of the top five is shown, however small
 # Below this top-1 probability the page says it is not sure instead of naming an answer, whatever
