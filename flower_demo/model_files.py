@@ -353,9 +353,10 @@ def collector_paused() -> Iterator[None]:
     """Run a large import without Python's cyclic garbage collector, then keep what it made out of
     every later collection. Importing Keras and TensorFlow makes about 900,000 objects that live as
     long as the process; the collector walked them all eight times during the import and again at
-    every full collection after it, about a tenth of a short command's CPU time. gc.freeze() moves
-    the objects that exist now to the permanent generation (freed by reference counting as before;
-    the few thousand cycles the import left behind are kept, not collected)."""
+    every full collection after it, about a tenth of a short command's CPU time (Gradio's import in
+    app.py: an eighth of the app's start-up). gc.freeze() moves the objects that exist now to the
+    permanent generation (freed by reference counting as before; the few thousand cycles the import
+    left behind are kept, not collected)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
