@@ -66,7 +66,8 @@ def run(config: TrainConfig) -> Path:
     config = resolve(config, gpu)
     check_options(config)
     run_dir = Path(config.run_dir or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    with model_files.quiet_startup():  # under JAX, Keras seeds TensorFlow too, importing it if installed
+    # under JAX, Keras seeds TensorFlow too, importing it if installed
+    with model_files.quiet_startup(), model_files.collector_paused():
         keras.utils.set_random_seed(config.seed)
     if gpu:
         keras.mixed_precision.set_global_policy("mixed_float16")
