@@ -199,17 +199,19 @@ def compiled_forward(model: keras.Model) -> Callable:
     Calling a Keras model eagerly dispatches op by op, and `model.predict` builds a dataset per
     call; this graph is what every prediction path (predict, evaluate, the app) runs. On Keras
     backends other than TensorFlow (training on a GPU with JAX, say) Keras compiles it itself.
+    The caller keeps `model`: the graph, kept here while the model lives, holds no reference to
+    it, so a model no one uses any more is freed with its graph.
     """
+    if keras.config.backend() != "tensorflow":
+        return model.predict_on_batch  # Keras keeps its compiled function on the model
     if model not in _FORWARD:
-        if keras.config.backend() != "tensorflow":
-            _FORWARD[model] = model.predict_on_batch
-            return _FORWARD[model]
         import tensorflow as tf
 
         size = model.input_shape[1]
         spec = tf.TensorSpec((None, size, size, 3), tf.float32)
+        served = weakref.ref(model)  # the graph must not keep its model alive: no one else may use it
         _FORWARD[model] = tf.function(
-            lambda x: model(x, training=False), input_signature=[spec], autograph=False
+            lambda x: served()(x, training=False), input_signature=[spec], autograph=False
         )
     return _FORWARD[model]
 

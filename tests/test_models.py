@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import weakref
 
 import keras
 import numpy as np
@@ -94,6 +95,12 @@ def test_save_load_round_trip(tiny_model_dir, tmp_path):
     copy, copy_metadata = models.load_model(tmp_path / "copy" / model_files.MODEL_FILE)
     assert copy_metadata["note"] == "copy"
     np.testing.assert_allclose(outputs(copy), outputs(model), atol=1e-6)
+
+    # a model no one uses any more is freed, graph and all (compiled_forward keeps no reference)
+    served = weakref.ref(copy)
+    del copy
+    gc.collect()
+    assert served() is None
 
 
 # --- a TF-Hub backbone, exported here --------------------------------------------------------

@@ -27,11 +27,13 @@ def load_teachers(paths: list[str], class_names: list[str], image_size: int) -> 
         orders.append(metrics.class_columns(metadata["class_names"], class_names, name, "the training data"))
         if int(metadata["image_size"]) != image_size:
             raise FlowerDemoError(f"{name} takes {metadata['image_size']} px, this run {image_size} px")
-    forwards = [
-        (models.compiled_forward(models.load_model(path)[0]), order) for path, order in zip(paths, orders)
-    ]
+    teachers = [(models.load_model(path)[0], order) for path, order in zip(paths, orders)]
     return lambda pixels: np.mean(
-        [metrics.among(np.asarray(forward(pixels)), columns) for forward, columns in forwards], axis=0
+        [
+            metrics.among(np.asarray(models.compiled_forward(model)(pixels)), columns)
+            for model, columns in teachers
+        ],
+        axis=0,
     )
 
 
