@@ -209,7 +209,7 @@ def compiled_forward(model: keras.Model) -> Callable:
 
         size = model.input_shape[1]
         spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-        served = weakref.ref(model)  # the graph must not keep its model alive: no one else may use it
+        served = weakref.ref(model)  # the graph must not keep alive a model that nobody else uses
         _FORWARD[model] = tf.function(
             lambda x: served()(x, training=False), input_signature=[spec], autograph=False
         )
