@@ -92,6 +92,16 @@ def constant_model(folder: Path, weights: Path, class_names: list[str], answer: 
     return folder
 
 
+def metadata_only(model_dir: Path, folder: Path) -> Path:
+    """`folder` holding only `model_dir`'s metadata.json, no model file: what a command that checks
+    a model by its metadata before loading it says about it, it says without loading anything."""
+    from flower_demo.model_files import METADATA_FILE
+
+    folder.mkdir()
+    shutil.copy(model_dir / METADATA_FILE, folder / METADATA_FILE)
+    return folder
+
+
 def is_trained(metadata: dict) -> bool:
     """Only a trained model can be held to naming species right; the tests' debug models are not."""
     trained = "metrics" in metadata or "estimate" in metadata

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,10 @@ from helpers import (
     error_lines,
     flowers102_folder,
     make_class_tree,
+    metadata_only,
     save_tiny_model,
 )
 from PIL import Image
-
-from flower_demo import model_files
 
 OTHER_SIZE = TINY_SIZE + 16  # the second model decodes the photos at another size
 EXTRA = "delta flower"  # a class the tiny tree does not hold
@@ -199,19 +197,17 @@ def test_a_class_the_model_lacks_is_one_line(
 
     colours = {"alpha flower": (220, 40, 40), "epsilon flower": (200, 200, 40)}
     other_tree = make_class_tree(tmp_path / "tree", colours, per_class=5, size=TINY_SIZE)
-    metadata_only = tmp_path / "metadata_only"
-    metadata_only.mkdir()
-    shutil.copy(superset_model / model_files.METADATA_FILE, metadata_only / model_files.METADATA_FILE)
+    metadata_alone = metadata_only(superset_model, tmp_path / "metadata_only")
     expected = {
         (
             (superset_model,),
             other_tree,
         ): f"the data has a class 'epsilon flower' that model {superset_model} does",
         ((tiny_model_dir, superset_model), tiny_class_tree): f"has a class '{EXTRA}' that model ",
-        ((metadata_only,), other_tree): (
-            f"the data has a class 'epsilon flower' that model {metadata_only} does"
+        ((metadata_alone,), other_tree): (
+            f"the data has a class 'epsilon flower' that model {metadata_alone} does"
         ),
-        ((tiny_model_dir, metadata_only), tiny_class_tree): f"has a class '{EXTRA}' that model ",
+        ((tiny_model_dir, metadata_alone), tiny_class_tree): f"has a class '{EXTRA}' that model ",
     }
     for (models, tree), message in expected.items():
         assert evaluate_main(["--model", *map(str, models), "--image-folder", str(tree)]) == 1

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 import readme_runs
-from helpers import TINY_CLASSES, TINY_SIZE, constant_model, make_class_tree, run_module
+from helpers import TINY_CLASSES, TINY_SIZE, constant_model, make_class_tree, metadata_only, run_module
 from PIL import Image
 
 from flower_demo import data, model_files, models, train
@@ -337,11 +337,9 @@ def test_teachers_must_fit_the_run(tmp_path, first_class_teacher, tiny_class_tre
     assert train.main([*args, "--image-size", "48", "--teachers", str(first_class_teacher)]) == 1
     assert "takes 32 px, this run 48 px" in capsys.readouterr().err
     # said from its metadata before any teacher loads: a folder of metadata alone gets the same line
-    metadata_only = tmp_path / "metadata_only"
-    metadata_only.mkdir()
-    shutil.copy(first_class_teacher / "metadata.json", metadata_only / "metadata.json")
-    assert train.main([*args, "--image-size", "48", "--teachers", str(metadata_only)]) == 1
-    assert f"teacher {metadata_only} takes 32 px, this run 48 px" in capsys.readouterr().err
+    metadata_alone = metadata_only(first_class_teacher, tmp_path / "metadata_only")
+    assert train.main([*args, "--image-size", "48", "--teachers", str(metadata_alone)]) == 1
+    assert f"teacher {metadata_alone} takes 32 px, this run 48 px" in capsys.readouterr().err
     whole = ["--stage2-epochs", "1", "--fine-tune", "whole"]
     assert train.main([*args, *whole, "--teachers", str(first_class_teacher)]) == 1
     assert "--teachers needs --fine-tune cached" in capsys.readouterr().err
