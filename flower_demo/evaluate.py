@@ -73,12 +73,9 @@ def evaluate_model(
 def ensemble_probabilities(classifiers: Sequence[core.Classifier], images: Sequence[ImageLike]) -> np.ndarray:
     """The classifiers' served probabilities averaged over `images`, each decoded at its model's
     input size, in the first one's class order: they must name the same classes, in any order."""
-    first = classifiers[0]
-    names = lambda c: c.metadata["class_names"]
-    columns = [
-        metrics.same_classes(names(first), names(c), f"model {first.engine.path}", f"model {c.engine.path}")
-        for c in classifiers
-    ]
+    columns = metrics.ensemble_columns(
+        [c.metadata["class_names"] for c in classifiers], [f"model {c.engine.path}" for c in classifiers]
+    )
     outputs = [
         predict_probabilities(c.probabilities, images, c.image_size)[:, order]
         for c, order in zip(classifiers, columns)
@@ -205,11 +202,11 @@ def measure(args: argparse.Namespace) -> Measurement:
     # The classes are matched by the models' metadata before any model loads (a Keras one takes
     # TensorFlow's seconds of start-up): data or models that do not fit are said at once.
     names = [model_files.read_metadata(model)["class_names"] for model in args.model]
-    class_names, first = names[0], f"model {args.model[0]}"
+    named_as = [f"model {model}" for model in args.model]
+    class_names = names[0]
     split = load_split(args)
-    columns = metrics.class_columns(class_names, split.class_names, first, "the data")
-    for model, other in zip(args.model[1:], names[1:]):
-        metrics.same_classes(class_names, other, first, f"model {model}")
+    columns = metrics.class_columns(class_names, split.class_names, named_as[0], "the data")
+    metrics.ensemble_columns(names, named_as)
     labels = columns[np.asarray(split.labels, np.int64)]
     classifiers = [core.Classifier(model, engine=args.engine) for model in args.model]
     probabilities = ensemble_probabilities(classifiers, split.items)

@@ -125,6 +125,13 @@ def same_classes(first: Sequence[str], other: Sequence[str], first_as: str, othe
     return class_columns(other, first, other_as, first_as)
 
 
+def ensemble_columns(names: Sequence[Sequence[str]], named_as: Sequence[str]) -> list[np.ndarray]:
+    """The columns of each model's probabilities in the first model's class order (same_classes):
+    every model of an ensemble must name the same classes. `names` holds each model's class names,
+    `named_as` what the error calls it."""
+    return [same_classes(names[0], other, named_as[0], other_as) for other, other_as in zip(names, named_as)]
+
+
 def among(probabilities: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """A model's probabilities of some of its classes (`columns`, from class_columns), in that order,
     renormalised to sum to 1: what a model that knows more classes says among those."""
