@@ -189,8 +189,6 @@ def export_tflite(
             "TFLite conversion needs Keras' TensorFlow backend: run it with KERAS_BACKEND=tensorflow "
             "(model.keras reads the same on every backend)"
         )
-    import tensorflow as tf  # isort: skip
-
     model, metadata = models.load_model(model_path)
     size = int(metadata["image_size"])
     representative = representative_items(data_dir) if quantize == "int8" else None
@@ -200,17 +198,7 @@ def export_tflite(
     exports, files = (
         (metadata.get(EXPORTS_KEY, {}), None) if out_dir is None else earlier_exports(folder, metadata)
     )
-    exports = dict(exports)
-    exports[name] = {
-        "format": "tflite",
-        "quantize": quantize,
-        "source": source.resolve().name,  # the model folder's name: where it sat is no provenance
-        "bytes": len(blob),
-        SOURCE_SHA256: model_files.sha256_of(keras_file),
-        "representative_images": 2 * len(representative) if representative else None,
-        "tensorflow": tf.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    exports = {**exports, name: export_record(blob, quantize, source, keras_file, representative)}
     ood = source / model_files.OOD_FILE
     with model_files.Staged(folder) as staged:  # the new files first, the metadata naming them last
         staged.path(name).write_bytes(blob)
@@ -223,6 +211,24 @@ def export_tflite(
         base = metadata if files is None else {**metadata, model_files.FILES_KEY: files}
         staged.publish({**base, EXPORTS_KEY: exports}, removed=removed)
     return folder / name
+
+
+def export_record(
+    blob: bytes, quantize: str, source: Path, keras_file: Path, representative: list[ImageLike] | None
+) -> dict:
+    """What metadata.json says of one export: enough to tell later which model.keras it came from."""
+    import tensorflow as tf  # already loaded by the conversion
+
+    return {
+        "format": "tflite",
+        "quantize": quantize,
+        "source": source.resolve().name,  # the model folder's name: where it sat is no provenance
+        "bytes": len(blob),
+        SOURCE_SHA256: model_files.sha256_of(keras_file),
+        "representative_images": 2 * len(representative) if representative else None,
+        "tensorflow": tf.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def in_place(model_path: str | os.PathLike | None, out_dir: str | os.PathLike | None) -> bool:
