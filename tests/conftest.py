@@ -49,6 +49,20 @@ from helpers import (  # noqa: E402
 
 from flower_demo.errors import skip_last_collection  # noqa: E402
 
+# --- libraries' temporary files ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_tempdir(tmp_path_factory) -> Iterator[Path]:
+    """The system's temp folder, for a module's tests, one of this test run's: gradio_client leaves
+    an empty folder there for each file it downloads, tensorflow_datasets one for each data set it
+    looks up without a network, and a test run leaves nothing behind in /tmp."""
+    folder = tmp_path_factory.mktemp("tempdir")  # made first: the run's own base stays where it is
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(folder))
+        yield folder
+
+
 # --- the shipped model -----------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ CONCURRENT_CALLS = 20
 # every upload, call and download it makes, most of a second per test that calls the app.
 CLIENT_OPTIONS = {"verbose": False, "ssl_verify": False}
 
-pytestmark = pytest.mark.app
+pytestmark = [pytest.mark.app, pytest.mark.usefixtures("own_tempdir")]
 
 
 def species(app: ModuleType, photo: Path) -> str:

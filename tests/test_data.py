@@ -45,6 +45,7 @@ def test_oxford_folder_counts_found_and_expected(oxford_dir):
     assert batch.shape == (3, 32, 32, 3) and batch.dtype == np.uint8
 
 
+@pytest.mark.usefixtures("own_tempdir")
 def test_oxford_class_names_from_tfds_metadata(oxford_dir):
     names = data.load_oxford_folder(oxford_dir, "train").class_names
     assert len(names) == 102
@@ -100,6 +101,7 @@ def test_clean_class_name(raw, clean):
 # --- tensorflow_datasets ---------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("own_tempdir")
 def test_tfds_source_with_mock_data():
     """tfds.testing.mock_data honours SkipDecoding: the items are encoded image files.
 
@@ -128,6 +130,7 @@ def test_tfds_source_with_mock_data():
     assert decoded >= 6
 
 
+@pytest.mark.usefixtures("own_tempdir")
 def test_tfds_without_validation_split_holds_out_a_slice_of_train():
     """tf_flowers has only "train": training holds out its last --val-fraction as validation."""
     import tensorflow_datasets as tfds
@@ -143,6 +146,7 @@ def test_tfds_without_validation_split_holds_out_a_slice_of_train():
     assert val_split.source == "tfds:tf_flowers:train[75%:]"
 
 
+@pytest.mark.usefixtures("own_tempdir")
 def test_tfds_unknown_dataset_is_an_error(tmp_path):
     """The message is one line (tfds' own goes on to list every dataset it knows)."""
     with pytest.raises(FlowerDemoError, match="cannot load tfds 'no_such_dataset_xyz'") as excinfo:
